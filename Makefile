@@ -1,0 +1,38 @@
+# Two commands on a fresh machine:  make demo   |   make test
+# Both create .venv at the repository root when missing and install everything into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
+APT_BENCH := pkg-config libturbojpeg0-dev libopencv-dev
+
+.PHONY: setup setup-bench demo test test-all clean
+
+setup: $(SETUP_STAMP)
+
+# Re-runs only when setup.py changes; torch is pinned in the same pip command as the rest so a
+# CUDA build is never pulled in as someone's dependency.
+$(SETUP_STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[test]"
+	touch $@
+
+# Optional: FFCV for .beton export and side-by-side benchmarks. Needs Debian build packages.
+setup-bench: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(SETUP_STAMP)
+	@if ! dpkg -s $(APT_BENCH) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_BENCH) >/dev/null; \
+	  else echo "setup-bench: needs Debian packages: sudo apt-get install $(APT_BENCH)"; exit 1; fi; fi
+	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[test,bench]"
+	touch $@
+
+demo: setup
+	$(PY) tools/demo.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,24 @@
+"""Shared edge for the command-line tools: python-fire, and known errors as one clear line."""
+from __future__ import annotations
+
+import sys
+
+
+def run_cli(fn) -> None:
+    """Run ``fn`` under fire; expected failures print ``error: ...`` and exit 1 (no traceback);
+    Ctrl-C exits 130 with a hint that the command resumes."""
+    import fire
+
+    from .convert import OutputError
+    from .dataset import FormatError
+    from .sources import LayoutError
+
+    try:
+        fire.Fire(fn)
+    except (OutputError, FormatError, LayoutError, ValueError, FileNotFoundError,
+            PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,166 @@
+"""The reader: ``open_dataset(path)`` -> Dataset with .classes, .stats and per-split sequences.
+
+Opening checks every file the manifest lists (present, expected size, header magic, version,
+count and geometry); ``verify=True`` also recomputes every checksum. Raw payloads are
+memory-mapped, never read into RAM as a whole.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from . import format as fmt
+from .preprocess import decode_jpeg
+from .stats import KEYS as STATS_KEYS
+from .writer import sha256_file
+
+FormatError = fmt.FormatError
+
+
+class Shard:
+    """One shard file, header checked on open; payload memory-mapped on first use."""
+
+    def __init__(self, path: Path, entry: dict, size: int, encoding: str, verify: bool):
+        self.path = path
+        if not path.exists():
+            raise FormatError(f"{path}: missing (listed in manifest.json)")
+        nbytes = path.stat().st_size
+        if nbytes != entry["bytes"]:
+            raise FormatError(f"{path}: {nbytes} bytes on disk, manifest.json says {entry['bytes']} "
+                              f"(truncated or changed after conversion)")
+        with open(path, "rb") as f:
+            header = fmt.unpack_header(f.read(fmt.HEADER_SIZE), path)
+        self.count = int(header["count"])
+        if self.count != entry["count"]:
+            raise FormatError(f"{path}: holds {self.count} samples, manifest.json says {entry['count']}")
+        if (int(header["height"]), int(header["width"])) != (size, size) or \
+                fmt.ENCODING_NAMES[int(header["encoding"])] != encoding:
+            raise FormatError(f"{path}: {int(header['height'])}x{int(header['width'])} "
+                              f"{fmt.ENCODING_NAMES[int(header['encoding'])]}, manifest.json says "
+                              f"{size}x{size} {encoding}")
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise FormatError(f"{path}: checksum mismatch (sha256 differs from manifest.json): "
+                              f"the file is corrupted")
+        self.header, self.size, self.encoding = header, size, encoding
+        self.labels = np.fromfile(path, fmt.LABEL_DTYPE, self.count, offset=int(header["labels_offset"]))
+
+    @cached_property
+    def payload(self) -> np.ndarray:
+        """raw: uint8 memmap (count, S, S, 3); jpeg: uint8 memmap of the concatenated files."""
+        start, end = int(self.header["data_offset"]), int(self.header["sources_offset"])
+        if end - start == 0:
+            return np.zeros((0, self.size, self.size, 3), np.uint8)
+        data = np.memmap(self.path, np.uint8, "r", offset=start, shape=(end - start,))
+        return data.reshape(self.count, self.size, self.size, 3) if self.encoding == "raw" else data
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """jpeg: byte offsets (count + 1,) into payload."""
+        return np.fromfile(self.path, fmt.INDEX_DTYPE, self.count + 1, offset=int(self.header["index_offset"]))
+
+    @cached_property
+    def sources(self) -> list[str]:
+        with open(self.path, "rb") as f:
+            f.seek(int(self.header["sources_offset"]))
+            return json.loads(f.read())
+
+    def encoded(self, i: int) -> bytes:
+        return self.payload[int(self.offsets[i]):int(self.offsets[i + 1])].tobytes()
+
+    def image(self, i: int) -> np.ndarray:
+        if self.encoding == "raw":
+            return np.asarray(self.payload[i])
+        return decode_jpeg(self.encoded(i))
+
+
+class Split(Sequence):
+    """A split as a sequence: ``split[i] -> (uint8 (S,S,3) array, int label)``."""
+
+    def __init__(self, root: Path, name: str, info: dict, size: int, encoding: str, verify: bool):
+        self.name, self.size, self.encoding = name, size, encoding
+        self.shards = [Shard(root / e["file"], e, size, encoding, verify) for e in info["shards"]]
+        self.starts = np.cumsum([0] + [s.count for s in self.shards]).tolist()  # global index of each shard's first sample
+        self.labels = np.concatenate([s.labels for s in self.shards]) if self.shards else \
+            np.zeros(0, fmt.LABEL_DTYPE)
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def locate(self, i: int) -> tuple[Shard, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"{self.name}: index {i} out of range for {len(self)} samples")
+        i %= len(self)
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self.shards[k], i - self.starts[k]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        shard, j = self.locate(i)
+        return shard.image(j), int(shard.labels[j])
+
+    def source(self, i: int) -> str:
+        shard, j = self.locate(i)
+        return shard.sources[j]
+
+
+class Dataset:
+    def __init__(self, root, verify: bool = False):
+        self.root = root = Path(root)
+        path = root / fmt.MANIFEST
+        if not path.exists():
+            hint = (" (an unfinished conversion: re-run tools/prepare_imagenet.py to finish it)"
+                    if (root / ".work").exists() else "")
+            raise FormatError(f"{path}: missing; {root} is not a dataset{hint}")
+        try:
+            self.manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{path}: unreadable ({e})") from None
+        if self.manifest.get("version") != fmt.VERSION:
+            raise FormatError(f"{path}: dataset format version {self.manifest.get('version')!r}, this "
+                              f"code reads version {fmt.VERSION}; re-convert with this version")
+        m = self.manifest
+        self.size, self.encoding = m["size"], m["encoding"]
+        self.classes = [c["id"] for c in m["classes"]]
+        self.class_names = [c["name"] or c["id"] for c in m["classes"]]
+        self.splits = {name: Split(root, name, info, self.size, self.encoding, verify)
+                       for name, info in m["splits"].items()}
+        self.stats = _load_stats(root / m["stats"]["file"], m["stats"], verify)
+
+    def __getitem__(self, split: str) -> Split:
+        if split not in self.splits:
+            raise KeyError(f"{self.root}: no split {split!r}; it has {sorted(self.splits)}")
+        return self.splits[split]
+
+    def __contains__(self, split: str) -> bool:
+        return split in self.splits
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
+        return f"Dataset({str(self.root)!r}, {self.size}px {self.encoding}, {len(self.classes)} classes, {counts})"
+
+
+def _load_stats(path: Path, entry: dict, verify: bool) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise FormatError(f"{path}: missing (listed in manifest.json)")
+    if path.stat().st_size != entry["bytes"]:
+        raise FormatError(f"{path}: {path.stat().st_size} bytes on disk, manifest.json says "
+                          f"{entry['bytes']} (truncated or changed after conversion)")
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise FormatError(f"{path}: checksum mismatch (sha256 differs from manifest.json): corrupted")
+    try:
+        with np.load(path) as z:
+            stats = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise FormatError(f"{path}: unreadable ({e})") from None
+    missing = set(STATS_KEYS) - set(stats)
+    if missing:
+        raise FormatError(f"{path}: lacks {sorted(missing)}")
+    return stats
+
+
+def open_dataset(path, verify: bool = False) -> Dataset:
+    return Dataset(path, verify=verify)

@@ -1,0 +1,54 @@
+"""A dataset at a glance: a text summary, and a PNG grid of samples with their labels."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from . import format as fmt
+
+
+def summary(ds) -> str:
+    m, stats = ds.manifest, ds.stats
+    lines = [f"dataset   {ds.root}",
+             f"format    version {m['version']}, {ds.size}x{ds.size} {ds.encoding}"
+             + (f" (quality {m['quality']})" if ds.encoding == "jpeg" else "")
+             + f", source layout {m['layout']}",
+             f"classes   {len(ds.classes)}: " + ", ".join(
+                 f"{c} ({n})" if n != c else c for c, n in list(zip(ds.classes, ds.class_names))[:5])
+             + (" ..." if len(ds.classes) > 5 else "")]
+    for name, split in ds.splits.items():
+        info = m["splits"][name]
+        counts = np.bincount(split.labels, minlength=len(ds.classes))
+        nbytes = sum(s["bytes"] for s in info["shards"])
+        lines.append(f"{name:<9} {len(split)} images in {len(split.shards)} shards, {nbytes / 2**20:.1f} MiB, "
+                     f"{info['skipped']} skipped; per class min {counts.min()} max {counts.max()}")
+    skipped = json.loads((ds.root / fmt.SKIPPED).read_text())
+    if skipped:
+        lines.append(f"skipped   {len(skipped)} inputs, listed in {ds.root / fmt.SKIPPED}")
+    lines += [f"stats     over {int(stats['count'])} train images, pixel units 0..255",
+              f"  channel_mean {np.array2string(stats['channel_mean'], precision=2)}",
+              f"  channel_std  {np.array2string(stats['channel_std'], precision=2)}",
+              f"  eigval       {np.array2string(stats['eigval'], precision=2)}",
+              f"  eigvec (columns)\n{np.array2string(stats['eigvec'], precision=4)}"]
+    return "\n".join(lines)
+
+
+def save_grid(images, captions, path, columns: int = 8, tile: int = 128) -> None:
+    """Write uint8 HWC images as a labelled PNG grid."""
+    rows = max(1, -(-len(images) // columns))
+    canvas = Image.new("RGB", (columns * tile, rows * (tile + 14)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for n, (img, caption) in enumerate(zip(images, captions)):
+        x, y = (n % columns) * tile, (n // columns) * (tile + 14)
+        canvas.paste(Image.fromarray(img).resize((tile, tile), Image.Resampling.BILINEAR), (x, y))
+        draw.text((x + 2, y + tile), str(caption)[:20], fill="black")
+    canvas.save(path)
+
+
+def dataset_grid(ds, path, split: str = "train", n: int = 32, columns: int = 8) -> None:
+    data = ds[split]
+    idx = np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)
+    samples = [data[int(i)] for i in idx]
+    save_grid([img for img, _ in samples], [ds.class_names[label] for _, label in samples], path, columns)

@@ -1,0 +1,65 @@
+"""Input layouts the converter recognises from SRC alone, and how a worker reads one input.
+
+``detect(src)`` returns a ``Layout``: the classes (sorted ids; index = label), optional class
+names, and per split the list of ``Item``s in a deterministic order. Layouts are tried in order;
+the first that matches wins, and when none does the error lists what was looked for.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class LayoutError(Exception):
+    """SRC holds no recognisable layout, or its parts disagree (the message says which)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    source: str     # the input's path relative to SRC; through tar members for archives
+    label: int
+    locator: tuple  # ("file", relpath) | ("range", relpath, offset, nbytes)
+    nbytes: int     # input size, part of the job's fingerprint
+
+
+@dataclass
+class Layout:
+    name: str
+    classes: list[str]
+    class_names: list[str] | None
+    splits: dict[str, list[Item]]
+    ignored: list[dict] = field(default_factory=list)  # {split, source, reason}: not converted
+
+
+def read_bytes(src: Path, locator: tuple) -> bytes:
+    kind = locator[0]
+    if kind == "file":
+        return (src / locator[1]).read_bytes()
+    if kind == "range":
+        _, rel, offset, nbytes = locator
+        with open(src / rel, "rb") as f:
+            data = os.pread(f.fileno(), nbytes, offset)
+        if len(data) != nbytes:
+            raise OSError(f"{rel}: archive ends early (member at byte {offset} needs {nbytes} bytes)")
+        return data
+    raise ValueError(f"unknown locator {locator!r}")
+
+
+def detect(src) -> Layout:
+    from . import folders, ilsvrc  # noqa: local import keeps the registry order explicit
+
+    src = Path(src)
+    if not src.exists():
+        raise LayoutError(f"{src}: no such directory")
+    if not src.is_dir():
+        raise LayoutError(f"{src}: not a directory")
+    for module in (ilsvrc, folders):
+        layout = module.detect(src)
+        if layout is not None:
+            return layout
+    raise LayoutError(
+        f"{src}: no recognised layout. Looked for: ILSVRC2012_img_train.tar / ILSVRC2012_img_val.tar "
+        f"(with ILSVRC2012_devkit_t12.tar.gz or LOC_val_solution.csv for val labels); "
+        f"train/<class>/* and val/<class>/* image folders. Found: "
+        f"{sorted(p.name for p in src.iterdir())[:20]}")

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="alexnet-pipeline",
+    version="0.1.0",
+    description="ImageNet -> sharded 256px dataset -> NVIDIA DALI loader -> AlexNet trainer",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipeline", "pipeline.*", "trainer", "trainer.*"]),
+    install_requires=[
+        # Pinned: any unpinned torch (or a package depending on it) pulls a multi-GB CUDA build.
+        "torch==2.13.0",
+        "numpy>=1.26",
+        "pillow>=10.0",
+        "nvidia-dali-cuda130==2.4.0",
+        "fire>=0.5",
+        "tqdm>=4.60",
+        "pyyaml>=6.0",
+        "scipy>=1.10",  # reads the ILSVRC-2012 devkit's meta.mat
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-timeout>=2.2"],
+        # FFCV builds only with Debian's pkg-config libturbojpeg0-dev libopencv-dev (make setup-bench);
+        # it imports Pillow without declaring it and needs opencv-python (not -headless).
+        "bench": ["ffcv==1.0.2", "opencv-python"],
+    },
+)

@@ -1,0 +1,27 @@
+"""Print a dataset's summary; optionally save a PNG grid of samples.
+
+    python tools/inspect_dataset.py DATASET [--grid=samples.png] [--split=train] [--n=32] [--verify]
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline import open_dataset  # noqa: E402
+from pipeline.cli import run_cli  # noqa: E402
+from pipeline.inspect import dataset_grid, summary  # noqa: E402
+
+
+def main(dataset, grid=None, split="train", n=32, verify=False):
+    """Summarise DATASET; --verify re-checks every checksum; --grid writes a PNG of samples."""
+    ds = open_dataset(dataset, verify=verify)
+    print(summary(ds))
+    if verify:
+        print("verify    all checksums match")
+    if grid:
+        dataset_grid(ds, grid, split=split, n=n)
+        print(f"grid      {grid}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
