@@ -82,7 +82,8 @@ def _prepare_out(out: Path, identity: dict) -> bool:
                               f"({_differences(existing, identity)}); re-run it with its original "
                               f"options, or choose another OUT.")
         return False
-    if out.exists() and any(out.iterdir()):
+    # A kill between creating .work and writing job.json leaves only .work (and maybe a .tmp).
+    if out.exists() and any(p.name != WORK for p in out.iterdir()):
         raise OutputError(f"{out} exists, is not empty and holds no dataset of this tool; "
                           f"nothing was changed. Choose an empty or new directory.")
     (out / WORK).mkdir(parents=True, exist_ok=True)

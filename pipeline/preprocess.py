@@ -38,7 +38,7 @@ def open_image(data: bytes) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise DecodeError(f"too large: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise DecodeError(f"not a recognised image: {e}") from None
+        raise DecodeError(f"cannot identify image (not an image, or its header is damaged): {e}") from None
 
 
 def centre_box(width: int, height: int) -> tuple[float, float, float, float]:

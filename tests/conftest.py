@@ -1,0 +1,43 @@
+"""Shared fixtures: small generated ImageFolder trees and their converted datasets."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # tests/images.py
+
+from pipeline import synthetic  # noqa: E402
+from pipeline.convert import convert  # noqa: E402
+
+SMALL_SIZES = ((96, 72), (72, 96), (120, 90), (64, 64))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA (skipped without it)")
+    config.addinivalue_line("markers", "slow: long fault-injection trials")
+
+
+@pytest.fixture(scope="session")
+def tree(tmp_path_factory) -> Path:
+    """4 classes x (6 train, 2 val) small JPEGs."""
+    root = tmp_path_factory.mktemp("tree")
+    return synthetic.make_imagefolder(root, n_classes=4, train_per_class=6, val_per_class=2,
+                                      sizes=SMALL_SIZES, seed=1)
+
+
+@pytest.fixture(scope="session")
+def dataset(tree, tmp_path_factory) -> Path:
+    """``tree`` converted at 32 px, raw, 5 samples a shard (several shards, one partial)."""
+    out = tmp_path_factory.mktemp("ds") / "data"
+    convert(tree, out, size=32, shard_size=5, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

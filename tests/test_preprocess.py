@@ -1,0 +1,152 @@
+"""The one preprocessing function against an independent float reference, and every quirky input."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from images import decode_full, encode, png16_rgb, psnr, reference
+from pipeline import synthetic
+from pipeline.preprocess import DecodeError, to_rgb_square
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return synthetic.photo(np.random.default_rng(3), 150, 100, label=2, n_classes=5)
+
+
+@pytest.mark.parametrize("wh", [(150, 100), (100, 150), (64, 64), (257, 31), (40, 300)])
+def test_small_png_matches_float_reference_to_rounding(wh):
+    rgb = synthetic.photo(np.random.default_rng(wh[0]), *wh, label=1, n_classes=3)
+    out = to_rgb_square(encode(Image.fromarray(rgb), "PNG"), 48)
+    ref = reference(rgb, 48)
+    assert out.shape == (48, 48, 3) and out.dtype == np.uint8
+    # Pillow's 8-bit resampler rounds (and clips) after each of its two 1-D passes: within ~2 of
+    # the float result at overshooting edges, unbiased, and well above the 40 dB fidelity bar.
+    err = out.astype(np.float64) - ref
+    assert np.abs(err).max() <= 2.5 and abs(err.mean()) < 0.1 and psnr(out, ref) > 50
+
+
+@pytest.mark.parametrize("wh", [(500, 375), (1024, 768), (768, 1024), (2000, 600)])
+def test_photo_jpeg_fidelity_at_least_40db(wh):
+    rgb = synthetic.photo(np.random.default_rng(wh[1]), *wh, label=3, n_classes=10)
+    data = synthetic.jpeg_bytes(rgb, 90)
+    out = to_rgb_square(data, 256)
+    # The reference decodes at full resolution (no DCT-domain draft) and resamples in float.
+    assert psnr(out, reference(decode_full(data), 256)) >= 40.0
+
+
+def test_centre_crop_geometry_panorama():
+    # Left half red, right half blue, a green band in the middle third: the centre square of a
+    # 3:1 panorama is exactly the green band.
+    w, h = 300, 100
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[:, :150, 0] = 255
+    rgb[:, 150:, 2] = 255
+    rgb[:, 100:200] = (0, 255, 0)
+    out = to_rgb_square(encode(Image.fromarray(rgb), "PNG"), 32)
+    assert (out[:, 2:-2] == (0, 255, 0)).all()
+
+
+def test_grayscale_gives_equal_channels(photo):
+    gray = Image.fromarray(photo).convert("L")
+    out = to_rgb_square(encode(gray, "PNG"), 40)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    np.testing.assert_allclose(out[..., 0], reference(np.asarray(gray.convert("RGB")), 40)[..., 0], atol=1)
+
+
+def test_cmyk_jpeg_matches_rgb(photo):
+    cmyk = encode(Image.fromarray(photo).convert("CMYK"), "JPEG", quality=95)
+    rgb = encode(Image.fromarray(photo), "JPEG", quality=95)
+    assert Image.open(__import__("io").BytesIO(cmyk)).mode == "CMYK"
+    assert psnr(to_rgb_square(cmyk, 64), to_rgb_square(rgb, 64)) > 30
+
+
+def test_palette_png(photo):
+    pal = Image.fromarray(photo).quantize(64)
+    out = to_rgb_square(encode(pal, "PNG"), 40)
+    assert np.abs(out.astype(float) - reference(np.asarray(pal.convert("RGB")), 40)).max() <= 1
+
+
+def test_rgba_transparent_becomes_white_and_opaque_is_kept(photo):
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    rgba[:, :50, 3] = 0  # left third transparent; its RGB is garbage that must not show
+    rgba[:, :50, :3] = (0, 0, 0)
+    out = to_rgb_square(encode(Image.fromarray(rgba, "RGBA"), "PNG"), 100)  # centre square x 25..125
+    assert (out[:, :20] >= 250).all()  # source x 25..45: transparent -> white
+    expected = reference(photo, 100)
+    assert np.abs(out[:, 35:].astype(float) - expected[:, 35:]).max() <= 1
+
+
+def test_16bit_grey_png_scales_full_range():
+    v = (np.arange(60 * 80) % 256).reshape(60, 80).astype(np.uint8)
+    data = encode(Image.fromarray(v.astype(np.uint16) * 257), "PNG")
+    assert Image.open(__import__("io").BytesIO(data)).mode.startswith("I")
+    out = to_rgb_square(data, 30)
+    np.testing.assert_array_equal(out, to_rgb_square(encode(Image.fromarray(v), "PNG"), 30))
+
+
+def test_16bit_rgb_png(photo):
+    data = png16_rgb(photo.astype(np.uint16) * 257)
+    out = to_rgb_square(data, 50)
+    assert np.abs(out.astype(float) - reference(photo, 50)).max() <= 1.5
+
+
+def test_png_bytes_under_jpeg_name(tmp_path, photo):
+    path = tmp_path / "n02105855_2933.JPEG"
+    path.write_bytes(encode(Image.fromarray(photo), "PNG"))
+    assert np.abs(to_rgb_square(path.read_bytes(), 40).astype(float) - reference(photo, 40)).max() <= 1
+
+
+@pytest.mark.parametrize("wh", [(1, 1), (3, 2), (7, 13)])
+def test_tiny_images_are_upsampled(wh):
+    rgb = np.random.default_rng(0).integers(0, 256, (wh[1], wh[0], 3), dtype=np.uint8)
+    out = to_rgb_square(encode(Image.fromarray(rgb), "PNG"), 32)
+    assert out.shape == (32, 32, 3)
+    if wh == (1, 1):
+        assert (out == rgb[0, 0]).all()
+
+
+def test_5000_pixel_photo():
+    rng = np.random.default_rng(0)
+    small = synthetic.photo(rng, 500, 300, 1, 4)
+    big = np.asarray(Image.fromarray(small).resize((5000, 3000), Image.Resampling.BILINEAR))
+    data = synthetic.jpeg_bytes(big, 90)
+    out = to_rgb_square(data, 256)
+    assert psnr(out, reference(decode_full(data), 256)) >= 40.0
+
+
+def test_exif_orientation_is_applied(photo):
+    img = Image.fromarray(photo)  # 150 wide x 100 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display = rotate 270 (90 clockwise)
+    data = encode(img, "JPEG", quality=95, exif=exif.tobytes())
+    upright = np.asarray(img.transpose(Image.Transpose.ROTATE_270))
+    out = to_rgb_square(data, 64)
+    assert psnr(out, reference(upright, 64)) > 30
+    assert psnr(out, reference(photo, 64)) < psnr(out, reference(upright, 64)) - 5
+
+
+def test_animated_gif_first_frame(photo):
+    frames = [Image.fromarray(photo).quantize(128), Image.fromarray(255 - photo).quantize(128)]
+    buf = __import__("io").BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    out = to_rgb_square(buf.getvalue(), 40)
+    assert np.abs(out.astype(float) - reference(np.asarray(frames[0].convert("RGB")), 40)).max() <= 1
+
+
+def test_slightly_truncated_jpeg_is_repaired(photo):
+    data = synthetic.jpeg_bytes(photo, 90)
+    out = to_rgb_square(data[: int(len(data) * 0.8)], 40)
+    full = to_rgb_square(data, 40)
+    assert psnr(out[:10], full[:10]) > 35  # the top rows were in the data
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty"),
+    (b"this is a text file, not an image\n", "cannot identify image"),
+    ("jpeg-head", "header is damaged|cannot decode"),
+])
+def test_undecodable_inputs_raise_decode_error(photo, data, reason):
+    if data == "jpeg-head":
+        data = synthetic.jpeg_bytes(photo)[:120]  # the header alone: nothing to repair
+    with pytest.raises(DecodeError, match=reason):
+        to_rgb_square(data, 32)
