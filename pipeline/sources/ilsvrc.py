@@ -12,6 +12,7 @@ from the outer archive, so workers decode straight from the tar.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 import tarfile
@@ -33,6 +34,7 @@ def _members(tar: tarfile.TarFile):
             yield m
 
 
+@functools.lru_cache(maxsize=4)
 def read_devkit(path: Path) -> tuple[dict[int, tuple[str, str]], list[int]]:
     """({ILSVRC2012_ID: (wnid, words)} for the 1,000 leaf classes, [val ground-truth ids])."""
     from scipy.io import loadmat
@@ -48,10 +50,14 @@ def read_devkit(path: Path) -> tuple[dict[int, tuple[str, str]], list[int]]:
     except (tarfile.TarError, OSError, EOFError) as e:
         raise LayoutError(f"{path}: cannot read devkit archive: {e}") from None
     synsets = {}
-    for s in meta["synsets"]:
-        if int(s["num_children"]) == 0:  # leaves are the 1,000 classes; the rest is the hierarchy
-            synsets[int(s["ILSVRC2012_ID"])] = (str(s["WNID"]), str(s["words"]))
-    val_ids = [int(line) for line in truth.decode().split()]
+    try:
+        for s in meta["synsets"]:
+            if int(s["num_children"]) == 0:  # leaves are the 1,000 classes; the rest is the hierarchy
+                synsets[int(s["ILSVRC2012_ID"])] = (str(s["WNID"]), str(s["words"]))
+        val_ids = [int(line) for line in truth.decode().split()]
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise LayoutError(f"{path}: meta.mat or the ground truth is not in the ILSVRC-2012 devkit "
+                          f"format ({type(e).__name__}: {e})") from None
     return synsets, val_ids
 
 
@@ -91,10 +97,12 @@ def _scan_train(src: Path) -> dict[str, list[tuple[str, int, int]]]:
                     raise LayoutError(f"{path}: member {m.name!r} is not a per-class tar")
                 with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
                     per_class[name[:-4]] = [
-                        (f"{TRAIN_TAR}/{name}/{im.name}", m.offset_data + im.offset_data, im.size)
+                        (f"{TRAIN_TAR}/{name}/{im.name.removeprefix('./')}", m.offset_data + im.offset_data, im.size)
                         for im in _members(inner)]
     except tarfile.TarError as e:
         raise LayoutError(f"{path}: cannot read archive: {e}") from None
+    if not per_class:
+        raise LayoutError(f"{path}: holds no per-class tars (<wnid>.tar)")
     return per_class
 
 
