@@ -8,4 +8,11 @@ __version__ = "0.1.0"
 
 from .dataset import Dataset, FormatError, open_dataset  # noqa: E402
 
-__all__ = ["Dataset", "FormatError", "open_dataset", "__version__"]
+__all__ = ["Dataset", "FormatError", "build_loader", "open_dataset", "__version__"]
+
+
+def build_loader(path, split, **kwargs):
+    """The DALI loader (pipeline/loader.py); imported lazily so the format needs no DALI/torch."""
+    from .loader import build_loader as _build
+
+    return _build(path, split, **kwargs)

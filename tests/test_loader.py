@@ -1,0 +1,242 @@
+"""The DALI loader against a NumPy reference fed the same random decisions; sharding, order,
+resumption and bad arguments. Runs the CPU graph here; the GPU graph is the same code (test_gpu)."""
+import numpy as np
+import pytest
+import torch
+
+import pipeline
+from pipeline.convert import convert
+from pipeline.loader import LoaderError
+
+
+def reference(ds, split, i, x, y, flip, alpha, crop, mean, form="code"):
+    """What the paper's augmentation makes of sample i, in float64, CHW."""
+    img = ds[split][int(i)][0].astype(np.float64)
+    s = ds.stats
+    scale = np.sqrt(s["eigval"]) if form == "code" else s["eigval"]
+    offset = s["eigvec"] @ (alpha * scale)  # one RGB shift for every pixel of the image
+    out = img[y:y + crop, x:x + crop] + offset
+    if mean == "pixel":
+        out = out - s["mean_image"].astype(np.float64)[y:y + crop, x:x + crop]
+    elif mean == "channel":
+        out = (out - s["channel_mean"]) / s["channel_std"]
+    if flip:
+        out = out[:, ::-1]
+    return out.transpose(2, 0, 1)
+
+
+def run_epoch(loader, epoch=0):
+    loader.set_epoch(epoch)
+    batches = [(x.clone(), y.clone()) for x, y in loader]
+    return batches
+
+
+@pytest.mark.parametrize("mean", ["pixel", "channel", "none"])
+@pytest.mark.parametrize("form", ["code", "paper"])
+def test_train_matches_numpy_reference(dataset, mean, form):
+    ds = pipeline.open_dataset(dataset)
+    loader = pipeline.build_loader(dataset, "train", batch_size=5, crop=24, device="cpu", seed=3,
+                                   lighting=0.1, lighting_form=form, mean=mean, drop_last=False)
+    order, d = loader.plan(1)
+    assert d.flip.any() and (~d.flip).any() and len(set(d.crop_x)) > 3
+    for step, (x, y) in enumerate(run_epoch(loader, epoch=1)):
+        idx = loader.indices(1, step)
+        assert x.shape == (len(idx), 3, 24, 24) and x.dtype == torch.float32
+        for k, i in enumerate(idx):
+            ref = reference(ds, "train", i, d.crop_x[i], d.crop_y[i], d.flip[i], d.alpha[i], 24, mean, form)
+            np.testing.assert_allclose(x[k].numpy(), ref, rtol=0, atol=2e-4)
+            assert y[k] == ds["train"][int(i)][1]
+
+
+def test_lighting_is_one_rgb_shift_per_image_and_varies(dataset):
+    plain = pipeline.build_loader(dataset, "train", batch_size=4, crop=32, device="cpu", lighting=0.0,
+                                  flip=False, mean="none")
+    lit = pipeline.build_loader(dataset, "train", batch_size=4, crop=32, device="cpu", lighting=0.5,
+                                flip=False, mean="none")
+    (a, _), (b, _) = next(iter(plain)), next(iter(lit))
+    shift = (b - a).numpy()  # (N, 3, 32, 32): constant per image and channel
+    assert np.allclose(shift, shift[:, :, :1, :1], atol=1e-4)
+    assert np.abs(shift).max() > 1.0 and len({tuple(np.round(s[:, 0, 0], 3)) for s in shift}) == 4
+
+
+def test_val_centre_crop_no_flip_no_lighting(dataset):
+    ds = pipeline.open_dataset(dataset)
+    loader = pipeline.build_loader(dataset, "val", batch_size=3, crop=27, device="cpu", lighting=0.5)
+    seen = []
+    for step, (x, y) in enumerate(run_epoch(loader)):
+        for k, i in enumerate(loader.indices(0, step)):
+            np.testing.assert_allclose(x[k].numpy(), reference(ds, "val", i, 2, 2, False, np.zeros(3), 27, "pixel"),
+                                       atol=2e-4)
+            seen.append(int(i))
+    assert seen == list(range(len(ds["val"])))  # val is not shuffled, not dropped
+
+
+def test_ten_crop(dataset):
+    ds = pipeline.open_dataset(dataset)
+    loader = pipeline.build_loader(dataset, "val", batch_size=4, crop=20, device="cpu", ten_crop=True)
+    x, y = next(iter(loader))
+    assert x.shape == (4, 10, 3, 20, 20)
+    corners = [(0, 0), (12, 0), (0, 12), (12, 12), (6, 6)]
+    for k in range(4):
+        for c, (cx, cy) in enumerate(corners):
+            for m in (0, 1):
+                ref = reference(ds, "val", k, cx, cy, bool(m), np.zeros(3), 20, "pixel")
+                np.testing.assert_allclose(x[k, c + 5 * m].numpy(), ref, atol=2e-4)
+
+
+def test_crop_equal_to_size_is_identity_and_crop_one_works(dataset):
+    ds = pipeline.open_dataset(dataset)
+    full = pipeline.build_loader(dataset, "val", batch_size=2, crop=32, device="cpu", mean="none")
+    x, _ = next(iter(full))
+    np.testing.assert_array_equal(x[0].numpy(), ds["val"][0][0].transpose(2, 0, 1).astype(np.float32))
+    one = pipeline.build_loader(dataset, "train", batch_size=2, crop=1, device="cpu")
+    assert next(iter(one))[0].shape == (2, 3, 1, 1)
+
+
+def gather(dataset, split, dp_size, batch_size, epoch=0, **kw):
+    """Per rank, the list of per-step sample-index lists, checked against the labels returned."""
+    ranks = []
+    ds = pipeline.open_dataset(dataset)
+    for r in range(dp_size):
+        loader = pipeline.build_loader(dataset, split, batch_size=batch_size, crop=8, device="cpu",
+                                       dp_rank=r, dp_size=dp_size, **kw)
+        steps = []
+        for step, (x, y) in enumerate(run_epoch(loader, epoch)):
+            idx = loader.indices(epoch, step)
+            assert len(x) == len(idx) == len(y)
+            assert y.tolist() == [ds[split][int(i)][1] for i in idx]
+            steps.append([int(i) for i in idx])
+        assert len(steps) == len(loader)
+        ranks.append(steps)
+    assert len({len(s) for s in ranks}) == 1, "all ranks must run the same number of steps"
+    return ranks
+
+
+@pytest.mark.parametrize("dp_size", [2, 3])
+@pytest.mark.parametrize("split,kw", [("train", {"drop_last": False}), ("val", {})])
+def test_exactly_once_across_ranks(dataset, dp_size, split, kw):
+    n = len(pipeline.open_dataset(dataset)[split])
+    ranks = gather(dataset, split, dp_size, batch_size=3, **kw)
+    everything = [i for steps in ranks for batch in steps for i in batch]
+    assert sorted(everything) == list(range(n))
+
+
+def test_train_drops_the_last_partial_global_batch_by_default(dataset):
+    ranks = gather(dataset, "train", 2, batch_size=5)  # 24 samples, global batch 10: 2 steps
+    assert [len(b) for b in ranks[0]] == [5, 5]
+    assert len({i for steps in ranks for b in steps for i in b}) == 20
+
+
+def test_global_batches_and_decisions_do_not_depend_on_dp_size(dataset):
+    one = gather(dataset, "train", 1, batch_size=6, drop_last=False)
+    two = gather(dataset, "train", 2, batch_size=3, drop_last=False)
+    three = gather(dataset, "train", 3, batch_size=2, drop_last=False)
+    for step in range(len(one[0])):
+        assert one[0][step] == two[0][step] + two[1][step] == sum((r[step] for r in three), [])
+    # And each sample gets the same pixels whatever the layout.
+    outs = {}
+    for dp_size, bs in ((1, 6), (2, 3)):
+        for r in range(dp_size):
+            loader = pipeline.build_loader(dataset, "train", batch_size=bs, crop=24, device="cpu",
+                                           dp_rank=r, dp_size=dp_size, seed=5)
+            for step, (x, _) in enumerate(run_epoch(loader, 2)):
+                for k, i in enumerate(loader.indices(2, step)):
+                    outs.setdefault(int(i), []).append(x[k])
+    assert all(len(v) == 2 and torch.equal(v[0], v[1]) for v in outs.values())
+
+
+def test_reshuffle_and_determinism(dataset):
+    a = gather(dataset, "train", 1, batch_size=4, epoch=0)
+    b = gather(dataset, "train", 1, batch_size=4, epoch=0)
+    c = gather(dataset, "train", 1, batch_size=4, epoch=1)
+    d = gather(dataset, "train", 1, batch_size=4, epoch=0, seed=9)
+    assert a == b and a != c and a != d
+    x1 = run_epoch(pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cpu"), 0)
+    x2 = run_epoch(pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cpu"), 0)
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(x1, x2))
+
+
+def test_mid_epoch_resume_yields_exactly_the_rest(dataset):
+    kw = dict(batch_size=3, crop=24, device="cpu", seed=2)
+    full = run_epoch(pipeline.build_loader(dataset, "train", **kw), 1)
+    first = pipeline.build_loader(dataset, "train", **kw)
+    first.set_epoch(1)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    state = first.state_dict()
+    assert state["epoch"] == 1 and state["step"] == 3
+    resumed = pipeline.build_loader(dataset, "train", **kw)
+    resumed.load_state_dict(state)
+    rest = [(x.clone(), y.clone()) for x, y in resumed]
+    assert len(rest) == len(full) - 3
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(rest, full[3:]))
+    assert resumed.state_dict()["epoch"] == 2 and resumed.state_dict()["step"] == 0
+    other = pipeline.build_loader(dataset, "train", **dict(kw, batch_size=4))
+    with pytest.raises(LoaderError, match="global batch"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dtypes(dataset, dtype):
+    ref = next(iter(pipeline.build_loader(dataset, "val", batch_size=2, crop=24, device="cpu")))[0]
+    x = next(iter(pipeline.build_loader(dataset, "val", batch_size=2, crop=24, device="cpu", dtype=dtype)))[0]
+    assert x.dtype == dtype
+    torch.testing.assert_close(x.float(), ref, atol=0.6, rtol=1e-2)
+
+
+def test_channels_last(dataset):
+    ref = next(iter(pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cpu")))[0]
+    x = next(iter(pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cpu",
+                                        channels_last=True)))[0]
+    assert x.shape == ref.shape and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x, ref)
+
+
+def test_jpeg_dataset_decoded_by_dali_matches_pillow(tree, tmp_path):
+    out = tmp_path / "jpeg"
+    convert(tree, out, size=32, encoding="jpeg", shard_size=6, workers=1, progress=False)
+    ds = pipeline.open_dataset(out)
+    loader = pipeline.build_loader(out, "train", batch_size=4, crop=24, device="cpu", seed=1)
+    _, d = loader.plan(0)
+    x, _ = next(iter(loader))
+    for k, i in enumerate(loader.indices(0, 0)):
+        ref = reference(ds, "train", i, d.crop_x[i], d.crop_y[i], d.flip[i], d.alpha[i], 24, "pixel")
+        np.testing.assert_allclose(x[k].numpy(), ref, atol=2e-4)  # DALI's CPU decode == Pillow's
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"crop": 33}, "crop must be an integer in 1..32"),
+    ({"dp_rank": 2, "dp_size": 2}, "dp_rank must be in 0..1"),
+    ({"dp_size": 9, "split": "val"}, "8 samples cannot be shared by 9"),
+    ({"split": "test"}, "unknown split 'test'"),
+    ({"mean": "image"}, "mean must be one of"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"dtype": torch.int8}, "dtype must be one of"),
+    ({"lighting": -1.0}, "lighting"),
+    ({"lighting_form": "lambda"}, "lighting_form"),
+])
+def test_bad_arguments_fail_before_work(dataset, kwargs, match):
+    kw = dict(split="train", batch_size=4, crop=24, device="cpu")
+    kw.update(kwargs)
+    split = kw.pop("split")
+    with pytest.raises(LoaderError, match=match):
+        pipeline.build_loader(dataset, split, **kw)
+
+
+def test_dataset_of_another_version_is_refused(dataset, tmp_path):
+    import json
+    import shutil
+    copy = tmp_path / "old"
+    shutil.copytree(dataset, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["version"] = 0
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(pipeline.FormatError, match="version 0"):
+        pipeline.build_loader(copy, "train", batch_size=4, device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_requested_without_cuda(dataset):
+    with pytest.raises(LoaderError, match="CUDA is not available"):
+        pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cuda")
