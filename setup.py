@@ -16,6 +16,8 @@ setup(
         "tqdm>=4.60",
         "pyyaml>=6.0",
         "scipy>=1.10",  # reads the ILSVRC-2012 devkit's meta.mat
+        "tensorboard>=2.10",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-timeout>=2.2"],

@@ -111,13 +111,19 @@ class Loader:
             for step in range(start, dali_steps):
                 outputs = pipe.run()
                 images, labels = self._to_torch(outputs)
-                self.step = step + 1
+                self._advance(epoch, step, steps)
                 yield images, labels
             del pipe
         for step in range(max(start, dali_steps), steps):
-            self.step = step + 1
+            self._advance(epoch, step, steps)
             yield self._empty()
-        self.epoch, self.step = epoch + 1, 0
+        if steps == 0:
+            self.epoch, self.step = epoch + 1, 0
+
+    def _advance(self, epoch: int, step: int, steps: int) -> None:
+        """Position after yielding ``step``; after the last one it is the next epoch's start, so a
+        checkpoint taken there resumes with the next epoch."""
+        self.epoch, self.step = (epoch + 1, 0) if step + 1 == steps else (epoch, step + 1)
 
     def _source(self, epoch: int, start: int, stop: int):
         """The external_source callback: gathers one batch and its decisions per call."""

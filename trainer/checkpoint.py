@@ -1,0 +1,85 @@
+"""Checkpoints in the layout-independent (mp=1) form, written atomically by global rank 0.
+
+Every tower parameter of the split AlexNet is the mp_rank-th half along dim 0 of the one-module
+parameter (trainer/models/alexnet.py), and SGD's momentum buffers have the parameters' shapes, so
+a checkpoint gathers both along dim 0 over the mp group and a loader slices them again: a run can
+resume on another dp x mp layout. The dict: model, optimizer (momentum per parameter name),
+schedule, rng (every rank's), data (loader position), step, epoch, config.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipeline.writer import fsync_dir
+
+
+def _gather_dim0(t: torch.Tensor, group, size: int) -> torch.Tensor:
+    if group is None:
+        return t.detach().cpu().clone()
+    parts = [torch.empty_like(t) for _ in range(size)]
+    dist.all_gather(parts, t.detach().contiguous(), group=group)
+    return torch.cat(parts, dim=0).cpu()
+
+
+def full_state(model, optimizer, d) -> tuple[dict, dict]:
+    """(model state, momentum buffers by name), both in the mp=1 layout (collective over mp)."""
+    model_state, momentum = {}, {}
+    for name, p in model.named_parameters():
+        model_state[name] = _gather_dim0(p, d.mp_group, d.mp_size)
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            momentum[name] = _gather_dim0(buf, d.mp_group, d.mp_size)
+    for name, b in model.named_buffers():  # e.g. BatchNorm statistics (mp=1 models only)
+        model_state[name] = b.detach().cpu().clone()
+    return model_state, momentum
+
+
+def load_full_state(model, optimizer, model_state: dict, momentum: dict, d) -> None:
+    own = {}
+    for name, t in model_state.items():
+        own[name] = t.chunk(d.mp_size, dim=0)[d.mp_rank] if name in dict(model.named_parameters()) else t
+    model.load_state_dict(own)
+    for name, p in model.named_parameters():
+        if name in momentum:
+            optimizer.state[p]["momentum_buffer"] = momentum[name].chunk(d.mp_size, dim=0)[d.mp_rank].to(p.device).clone()
+
+
+def gather_rng(d) -> list:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and d.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(d.device)
+    if d.world == 1:
+        return [state]
+    states = [None] * d.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def restore_rng(states: list, d) -> bool:
+    """Restore this rank's RNG when the world size matches (else dropout masks differ: logged)."""
+    if len(states) != d.world:
+        return False
+    torch.set_rng_state(states[d.rank]["torch"])
+    if "cuda" in states[d.rank] and d.device.type == "cuda":
+        torch.cuda.set_rng_state(states[d.rank]["cuda"], d.device)
+    return True
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Write to a temporary name, fsync, rename: a kill mid-write never leaves a half file."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def latest(ckpt_dir: Path) -> Path | None:
+    path = ckpt_dir / "latest.pt"
+    return path if path.exists() else None

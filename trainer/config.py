@@ -1,0 +1,141 @@
+"""One typed config: YAML sets defaults, ``--key=value`` overrides, unknown keys and wrong types fail
+loudly (listing the valid keys), and the resolved config is saved with the run."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Config:
+    # data and run
+    data: str = ""                 # dataset directory written by tools/prepare_imagenet.py
+    out: str = "runs/default"      # run directory: config, metrics, checkpoints, curves
+    device: str = "auto"           # auto | cpu | cuda
+    seed: int = 0
+    # model and layout
+    model: str = "alexnet"
+    mp: int = 1                    # 2: alexnet's towers on a pair of ranks; world = dp x mp
+    dropout: float = 0.5
+    bias_init: float = 1.0         # paper: 1 in conv2/4/5, fc6/7 (Caffe used 0.1)
+    # batches and schedule
+    batch_size: int = 128          # global, over the data-parallel ranks
+    epochs: int = 90
+    max_steps: int = 0             # 0 = no limit
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4     # applied to weights, not biases (as cuda-convnet)
+    lr_schedule: str = "plateau"   # plateau | step | cosine
+    lr_factor: float = 0.1         # plateau and step: multiply by this
+    lr_step_epochs: int = 30       # step: every this many epochs
+    plateau_patience: int = 1      # plateau: epochs without val top-1 improvement before a cut
+    plateau_max_cuts: int = 3      # plateau: the paper divided the rate three times
+    warmup_epochs: float = 0.0     # linear warm-up from 0, in epochs (fractional allowed)
+    # augmentation (pipeline.build_loader)
+    crop: int = 224
+    flip: bool = True
+    lighting: float = 0.1
+    lighting_form: str = "code"    # code: sqrt(eigval) scale (2012 source); paper: eigval
+    mean: str = "pixel"            # pixel | channel | none
+    # speed
+    precision: str = "fp32"        # fp32 | bf16 | fp16 (fp16: CUDA only, with a grad scaler)
+    channels_last: bool = False
+    compile: bool = False
+    loader_threads: int = 0        # DALI threads per rank; 0 = auto
+    # logging, evaluation, checkpoints
+    log_every: int = 10            # steps
+    eval_every: int = 1            # epochs; 0 = never
+    ten_crop_eval: bool = False
+    ckpt_every_steps: int = 0      # 0 = only at epoch ends
+    override_config: bool = False  # resume even though the config differs from the checkpoint's
+
+    def validate(self) -> None:
+        choices = {"device": ("auto", "cpu", "cuda"), "lr_schedule": ("plateau", "step", "cosine"),
+                   "lighting_form": ("code", "paper"), "mean": ("pixel", "channel", "none"),
+                   "precision": ("fp32", "bf16", "fp16")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if not self.data:
+            raise ConfigError("data is required: a dataset directory from tools/prepare_imagenet.py")
+        if self.mp not in (1, 2):
+            raise ConfigError(f"mp must be 1 or 2, got {self.mp}")
+        for key in ("batch_size", "crop", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("epochs", "max_steps", "eval_every", "ckpt_every_steps", "lr_step_epochs",
+                    "loader_threads", "plateau_patience", "plateau_max_cuts"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.epochs == 0 and self.max_steps == 0:
+            raise ConfigError("set epochs or max_steps (both 0 would train forever)")
+
+
+# Changing these on resume cannot change what was already trained.
+RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "eval_every", "ckpt_every_steps",
+                     "override_config", "loader_threads"}
+
+
+def _coerce(name: str, kind, value):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def make_config(path: str | None = None, **overrides) -> Config:
+    """Defaults <- YAML file <- overrides; every key checked by name and type."""
+    values = {}
+    if path:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read config ({e})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+    values.update(overrides)
+    kinds = {f.name: f.type for f in fields(Config)}
+    types = {"int": int, "float": float, "str": str, "bool": bool}
+    unknown = sorted(set(values) - set(kinds))
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}{' in ' + str(path) if path else ''}; "
+                          f"valid keys: {', '.join(sorted(kinds))}")
+    cfg = Config(**{k: _coerce(k, types[kinds[k]], v) for k, v in values.items()})
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def check_resume(saved: dict, cfg: Config) -> list[str]:
+    """Keys that differ from the checkpoint's config and matter; raise unless overridden."""
+    now = to_dict(cfg)
+    changed = sorted(k for k in set(saved) | set(now)
+                     if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    if changed and not cfg.override_config:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ConfigError(f"{cfg.out} holds a run with another config ({diffs}); use another out, "
+                          f"or pass --override_config=True to resume with the new values")
+    return changed

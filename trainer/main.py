@@ -1,0 +1,281 @@
+"""Train AlexNet (or alexnet_owt, vgg16, resnet50, small variants) on a dataset from
+tools/prepare_imagenet.py, through the DALI loader, under torchrun.
+
+    # one process (CPU or one GPU)
+    python trainer/main.py --config=configs/alexnet_paper.yaml --data=DATA --mp=1
+    # one node, 8 GPUs: 4 data-parallel x 2 model-parallel (AlexNet's two towers on a pair)
+    torchrun --nproc_per_node=8 trainer/main.py --config=configs/alexnet_paper.yaml --data=DATA
+    # two nodes (run on each; c10d rendezvous on the first node's address)
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
+        --rdzv_id=alexnet trainer/main.py --config=configs/alexnet_paper.yaml --data=DATA
+
+Reads top to bottom: config -> distributed init -> data -> model -> optimizer -> resume -> loop.
+Run it again with the same command and ``out`` and it resumes from out/checkpoints/latest.pt.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+
+import pipeline  # noqa: E402
+from trainer import checkpoint as ckpt  # noqa: E402
+from trainer.config import ConfigError, check_resume, make_config, save, to_dict  # noqa: E402
+from trainer.metrics import Metrics  # noqa: E402
+from trainer.models import build_model  # noqa: E402
+from trainer.parallel import all_reduce_sum, cleanup, init_distributed  # noqa: E402
+from trainer.schedule import Schedule  # noqa: E402
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def log(d, msg: str) -> None:
+    if d.is_main:
+        print(msg, flush=True)
+
+
+def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:
+    """Top-1/top-5 and loss over the whole split: sums and counts reduced over dp, never means.
+    Ten-crop averages the softmax over the 10 patches (paper section 4.1)."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=d.device)  # loss, top1, top5, count
+    with torch.no_grad(), amp():
+        for images, labels in loader:
+            if len(labels) == 0:
+                continue
+            if ten_crop:
+                n = len(labels)
+                probs = F.softmax(model(images.flatten(0, 1)).float(), dim=1).view(n, 10, -1).mean(1)
+                loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
+                scores = probs
+            else:
+                scores = model(images).float()
+                loss = F.cross_entropy(scores, labels, reduction="sum")
+            top = scores.topk(min(5, scores.shape[1]), dim=1).indices
+            hit = top == labels[:, None]
+            sums += torch.stack([loss.double(), hit[:, 0].sum().double(), hit.any(1).sum().double(),
+                                 torch.tensor(float(len(labels)), dtype=torch.float64, device=d.device)])
+    all_reduce_sum(sums, d.dp_group)
+    model.train()
+    loss, top1, top5, count = sums.tolist()
+    if int(count) != n_expected:
+        raise TrainingError(f"evaluation counted {int(count)} val samples, the split has {n_expected}")
+    return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count}
+
+
+def main(config=None, **overrides):
+    cfg = make_config(config, **overrides)
+    out = Path(cfg.out)
+    d = init_distributed(cfg.mp, cfg.device)
+    try:
+        train(cfg, out, d)
+    finally:
+        cleanup()
+
+
+def train(cfg, out: Path, d):
+    # -- data ------------------------------------------------------------------------------------
+    ds = pipeline.open_dataset(cfg.data)
+    if cfg.batch_size % d.dp_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
+                          f"{d.dp_size} data-parallel ranks")
+    common = dict(crop=cfg.crop, device=d.device.type, dp_rank=d.dp_rank, dp_size=d.dp_size,
+                  seed=cfg.seed, mean=cfg.mean, channels_last=cfg.channels_last,
+                  num_threads=cfg.loader_threads or None)
+    local_batch = cfg.batch_size // d.dp_size
+    train_loader = pipeline.build_loader(cfg.data, "train", batch_size=local_batch, flip=cfg.flip,
+                                         lighting=cfg.lighting, lighting_form=cfg.lighting_form,
+                                         **common)
+    has_val = "val" in ds and cfg.eval_every > 0
+    val_loaders = {}
+    if has_val:
+        val_loaders["one"] = pipeline.build_loader(cfg.data, "val", batch_size=local_batch, **common)
+        if cfg.ten_crop_eval:
+            val_loaders["ten"] = pipeline.build_loader(cfg.data, "val", batch_size=max(1, local_batch // 10),
+                                                       ten_crop=True, **common)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{cfg.data}: {len(ds['train'])} train samples make no global batch of "
+                          f"{cfg.batch_size}")
+
+    # -- model and optimizer ---------------------------------------------------------------------
+    model = build_model(cfg.model, len(ds.classes), cfg.crop, dropout=cfg.dropout,
+                        bias_init=cfg.bias_init, seed=cfg.seed, mp_group=d.mp_group,
+                        mp_size=d.mp_size, mp_rank=d.mp_rank)
+    model = model.to(d.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg.lr, momentum=cfg.momentum)
+    schedule = Schedule(cfg, steps_per_epoch)
+    net = DDP(model, process_group=d.dp_group, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
+        if d.dp_group is not None else model  # gradients averaged over the dp group only
+    if cfg.compile:
+        net = torch.compile(net)
+    if cfg.precision == "fp16" and d.device.type != "cuda":
+        raise ConfigError("precision fp16 needs CUDA; use bf16 on the CPU")
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+
+    def amp():
+        return torch.autocast(d.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+
+    # -- resume ----------------------------------------------------------------------------------
+    ckpt_dir = out / "checkpoints"
+    step, epoch = 0, 0
+    resume = ckpt.latest(ckpt_dir)
+    if resume is None and (out / "config.yaml").exists() and d.is_main:
+        import yaml
+        check_resume(yaml.safe_load((out / "config.yaml").read_text()), cfg)  # refuse another run's out
+    if resume is not None:
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        changed = check_resume(state["config"], cfg)
+        ckpt.load_full_state(model, optimizer, state["model"], state["momentum"], d)
+        schedule.load_state_dict(state["schedule"])
+        train_loader.load_state_dict(state["data"])
+        step, epoch = state["step"], state["data"]["epoch"]
+        if not ckpt.restore_rng(state["rng"], d):
+            log(d, f"note: world size changed ({len(state['rng'])} -> {d.world}): dropout RNG differs")
+        log(d, f"resumed from {resume} at step {step}, epoch {epoch}" +
+            (f" (config changes accepted: {changed})" if changed else ""))
+    else:
+        torch.manual_seed(cfg.seed * 1000 + d.rank)  # dropout: its own stream on every rank
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(exist_ok=True)
+        save(cfg, out / "config.yaml")
+    metrics = Metrics(out, d.is_main, resume_step=step, resume_epoch=epoch)
+    log(d, f"{cfg.model}: {sum(p.numel() for p in model.parameters()) * d.mp_size:,} parameters, "
+           f"world {d.world} = dp {d.dp_size} x mp {d.mp_size}, {d.device}, {cfg.precision}; "
+           f"{len(ds['train'])} train images, {steps_per_epoch} steps/epoch of {cfg.batch_size}")
+
+    def save_checkpoint(tag: str | None = None):
+        model_state, momentum = ckpt.full_state(model, optimizer, d)  # collective over mp
+        rng = ckpt.gather_rng(d)                                        # collective over world
+        if d.is_main:
+            state = {"model": model_state, "momentum": momentum, "schedule": schedule.state_dict(),
+                     "rng": rng, "data": train_loader.state_dict(), "step": step,
+                     "config": to_dict(cfg)}
+            ckpt.save_atomic(state, ckpt_dir / "latest.pt")
+            if tag:
+                ckpt.save_atomic(state, ckpt_dir / f"{tag}.pt")
+
+    # -- loop ------------------------------------------------------------------------------------
+    done = lambda: (cfg.max_steps and step >= cfg.max_steps) or epoch >= cfg.epochs  # noqa: E731
+    first_bad = torch.full((), -1, dtype=torch.int64, device=d.device)  # first non-finite loss step
+
+    def check_finite(since: int):
+        """Collective: stop every rank if any saw a NaN/inf loss since the last check."""
+        flag = (first_bad >= 0).double().reshape(1)
+        if all_reduce_sum(flag, d.dp_group).item():  # sync point
+            where = f"step {first_bad.item()}" if first_bad.item() >= 0 else f"steps {since + 1}..{step}"
+            raise TrainingError(f"non-finite loss at {where} (epoch {epoch}); stopped, the last good "
+                                f"checkpoint is {ckpt_dir / 'latest.pt'}")
+
+    model.train()
+    checked = step
+    while not done():
+        train_loader.set_epoch(epoch)
+        wait = 0.0
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=d.device)  # since the last log
+        epoch_sum = torch.zeros(2, dtype=torch.float64, device=d.device)
+        t_epoch = t_log = tick = time.perf_counter()
+        n_images = log_images = 0
+        for images, labels in train_loader:
+            wait += time.perf_counter() - tick  # blocked on the loader
+            lr = schedule.lr(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with amp():
+                loss = F.cross_entropy(net(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            step += 1
+            loss = loss.detach()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+            batch_sum = torch.stack([loss.double() * len(labels),
+                                     torch.tensor(float(len(labels)), dtype=torch.float64, device=d.device)])
+            loss_sum += batch_sum
+            epoch_sum += batch_sum
+            n_images += cfg.batch_size
+            log_images += cfg.batch_size
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                check_finite(checked)
+                checked = step
+                all_reduce_sum(loss_sum, d.dp_group)  # the mean over the global batch
+                mean_loss = (loss_sum[0] / loss_sum[1]).item()  # sync point
+                t = time.perf_counter()
+                metrics.log({"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+                             "img_per_s": log_images / (t - t_log),
+                             "data_wait_frac": wait / max(t - t_epoch, 1e-9)})
+                log(d, f"step {step:6d} epoch {epoch} loss {mean_loss:.4f} lr {lr:.5f} "
+                       f"{log_images / (t - t_log):.0f} img/s")
+                loss_sum.zero_()
+                t_log, log_images = t, 0
+            if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0:
+                check_finite(checked)
+                checked = step
+                save_checkpoint()
+            tick = time.perf_counter()
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        check_finite(checked)
+        checked = step
+        if train_loader.state_dict()["epoch"] == epoch:  # stopped mid-epoch by max_steps
+            save_checkpoint()
+            break
+        epoch += 1
+        elapsed = time.perf_counter() - t_epoch
+        all_reduce_sum(epoch_sum, d.dp_group)
+        row = {"kind": "epoch", "epoch": epoch - 1, "train_loss": (epoch_sum[0] / epoch_sum[1]).item(),
+               "val_loss": None, "val_top1": None, "val_top5": None, "val_top1_10crop": None,
+               "img_per_s": n_images / elapsed, "data_wait_frac": wait / elapsed}
+        if has_val and epoch % cfg.eval_every == 0:
+            n_val = len(ds["val"])
+            one = evaluate(net, val_loaders["one"], d, amp, False, n_val)
+            row.update(val_loss=one["loss"], val_top1=one["top1"], val_top5=one["top5"])
+            if "ten" in val_loaders:
+                row["val_top1_10crop"] = evaluate(net, val_loaders["ten"], d, amp, True, n_val)["top1"]
+            if schedule.observe(one["top1"]):
+                log(d, f"val top-1 plateaued: lr cut {schedule.cuts} of {cfg.plateau_max_cuts}")
+        metrics.log(row)
+        log(d, "epoch {epoch}: train loss {train_loss:.4f}".format(**row) +
+            (" val loss {val_loss:.4f} top-1 {val_top1:.4f} top-5 {val_top5:.4f}".format(**row)
+             if row["val_loss"] is not None else "") +
+            (" top-1 10-crop {:.4f}".format(row["val_top1_10crop"]) if row["val_top1_10crop"] is not None else "") +
+            f", {row['img_per_s']:.0f} img/s")
+        if row["data_wait_frac"] > 0.05:
+            log(d, f"epoch {epoch - 1}: data-bound: training waited for the loader "
+                   f"{100 * row['data_wait_frac']:.0f}% of the time")
+        save_checkpoint(tag=f"epoch{epoch - 1:03d}")
+        if d.is_main:
+            metrics.plot(out / "curves.png")
+    if d.is_main:
+        metrics.plot(out / "curves.png")
+    metrics.close()
+    log(d, f"done at step {step}, epoch {epoch}: {out}")
+
+
+if __name__ == "__main__":
+    from pipeline.cli import run_cli
+
+    run_cli(main)

@@ -1,0 +1,78 @@
+"""metrics.jsonl (one JSON row per log), TensorBoard events, and a PNG of the training curves.
+Written by global rank 0 only; on resume, rows past the checkpoint are dropped first."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class Metrics:
+    def __init__(self, out: Path, enabled: bool, resume_step: int = 0, resume_epoch: int = 0):
+        self.path, self.enabled = out / "metrics.jsonl", enabled
+        self.rows, self.tb = [], None
+        if not enabled:
+            return
+        if self.path.exists():  # keep what the checkpoint we resume from had already seen
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill
+                if (row["kind"] == "step" and row["step"] <= resume_step) or \
+                        (row["kind"] == "epoch" and row["epoch"] < resume_epoch):
+                    self.rows.append(row)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step or None)
+        except ImportError:
+            self.tb = None
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self.rows.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            x = row["step"] if row["kind"] == "step" else row["epoch"]
+            for key, value in row.items():
+                if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{row['kind']}/{key}", value, x)
+            self.tb.flush()
+
+    def plot(self, path: Path) -> None:
+        """curves.png: train loss per step, val loss and top-1/top-5 per epoch."""
+        if not self.enabled:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r for r in self.rows if r["kind"] == "step"]
+        epochs = [r for r in self.rows if r["kind"] == "epoch"]
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+        a.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss (step)")
+        ev = [r for r in epochs if r.get("val_loss") is not None]
+        if ev:
+            a2 = a.twiny()
+            a2.plot([r["epoch"] for r in ev], [r["val_loss"] for r in ev], "r.-", label="val loss")
+            a2.set_xlabel("epoch")
+            a2.legend(loc="upper center")
+            for key in ("val_top1", "val_top5", "val_top1_10crop"):
+                pts = [(r["epoch"], r[key]) for r in ev if r.get(key) is not None]
+                if pts:
+                    b.plot(*zip(*pts), ".-", label=key)
+        a.set_xlabel("step")
+        a.legend(loc="upper right")
+        b.set_xlabel("epoch")
+        b.set_ylabel("accuracy")
+        b.set_ylim(0, 1)
+        b.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
