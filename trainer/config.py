@@ -67,6 +67,12 @@ class Config:
             raise ConfigError("data is required: a dataset directory from tools/prepare_imagenet.py")
         if self.mp not in (1, 2):
             raise ConfigError(f"mp must be 1 or 2, got {self.mp}")
+        from .models import SPLITTABLE, names
+        if self.model not in names():
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {names()}")
+        if self.mp == 2 and self.model not in SPLITTABLE:
+            raise ConfigError(f"model {self.model!r} cannot be split across ranks: mp=2 is only "
+                              f"for {sorted(SPLITTABLE)}")
         for key in ("batch_size", "crop", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")

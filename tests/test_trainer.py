@@ -1,0 +1,194 @@
+"""The trainer under torchrun on the CPU (gloo): layout parity, the split model against the
+groups=2 module, exact resume, config errors, outputs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = str(ROOT / "trainer" / "main.py")
+
+
+def torchrun(nproc: int, *args, check=True, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           MAIN, *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+    return res
+
+
+def losses(out: Path) -> dict:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "step"}
+
+
+def base_args(dataset, out, **kw):
+    args = {"config": str(ROOT / "configs" / "tiny_cpu.yaml"), "data": str(dataset), "out": str(out),
+            "dropout": 0.0, "batch_size": 8, "log_every": 1, "eval_every": 0, "max_steps": 20,
+            "epochs": 100}
+    args.update(kw)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+@pytest.mark.timeout(600)
+def test_losses_agree_across_dp_mp_layouts(dataset, tmp_path):
+    """dp x mp = 1x1, 1x2, 2x1, 2x2 at global batch 8, augmentation on, dropout 0: 20 steps."""
+    runs = {}
+    for dp, mp in ((1, 1), (1, 2), (2, 1), (2, 2)):
+        out = tmp_path / f"dp{dp}mp{mp}"
+        torchrun(dp * mp, *base_args(dataset, out, mp=mp))
+        runs[(dp, mp)] = losses(out)
+    ref = runs[(1, 1)]
+    assert sorted(ref) == list(range(1, 21))
+    assert len(set(np.round(list(ref.values()), 3))) > 10  # it trains: the losses move
+    for layout, got in runs.items():
+        np.testing.assert_allclose([got[s] for s in ref], list(ref.values()), rtol=1e-3,
+                                   err_msg=f"dp x mp = {layout}")
+
+
+SPLIT_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {root!r})
+from trainer.models import build_model
+from trainer.parallel import init_distributed
+from trainer.checkpoint import full_state
+d = init_distributed(2, "cpu")
+torch.manual_seed(0)
+x = torch.randn(4, 3, 28, 28); y = torch.randint(0, 10, (4,))
+ref = build_model("alexnet_small", 10, 28, dropout=0.0, seed=3)
+split = build_model("alexnet_small", 10, 28, dropout=0.0, seed=3, mp_group=d.mp_group, mp_size=2, mp_rank=d.mp_rank)
+opts = [torch.optim.SGD([p for p in m.parameters()], lr=0.05, momentum=0.9, weight_decay=5e-4) for m in (ref, split)]
+for it in range(2):
+    outs = []
+    for m, o in zip((ref, split), opts):
+        o.zero_grad(); logits = m(x); torch.nn.functional.cross_entropy(logits, y).backward(); o.step()
+        outs.append(logits.detach())
+    assert torch.allclose(outs[0], outs[1], rtol=1e-4, atol=1e-5), (it, (outs[0] - outs[1]).abs().max())
+for name, p in ref.named_parameters():
+    g = dict(split.named_parameters())[name].grad
+    parts = [torch.empty_like(g) for _ in range(2)]; dist.all_gather(parts, g, group=d.mp_group)
+    assert torch.allclose(torch.cat(parts), p.grad, rtol=1e-4, atol=1e-6), ("grad", name)
+gathered, momentum = full_state(split, opts[1], d)
+for name, p in ref.named_parameters():
+    assert torch.allclose(gathered[name], p.detach(), rtol=1e-5, atol=1e-7), ("weight", name)
+    assert torch.allclose(momentum[name], opts[0].state[p]["momentum_buffer"], rtol=1e-4, atol=1e-6), ("momentum", name)
+print("SPLIT-OK", d.rank)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(300)
+def test_split_model_equals_groups2_module(tmp_path):
+    script = tmp_path / "split.py"
+    script.write_text(SPLIT_SCRIPT.format(root=str(ROOT)))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.stdout.count("SPLIT-OK") == 2
+
+
+def test_same_seed_same_network_whatever_the_layout():
+    from trainer.models import build_model
+
+    full = build_model("alexnet", 1000, 224, seed=7)
+    other = build_model("alexnet", 1000, 224, seed=8)
+    assert sum(p.numel() for p in full.parameters()) == 60_965_224  # the paper's ~60 million
+    halves = [build_model("alexnet", 1000, 224, seed=7, mp_size=2, mp_rank=r) for r in (0, 1)]
+    for (name, p), q in zip(full.named_parameters(), other.parameters()):
+        joined = torch.cat([dict(h.named_parameters())[name] for h in halves])
+        assert torch.equal(joined, p), name
+        if p.ndim > 1:
+            assert not torch.equal(p, q)
+            assert abs(p.std().item() - 0.01) < 0.002  # paper: N(0, 0.01)
+    biases = {n: p for n, p in full.named_parameters() if n.endswith("bias")}
+    ones = ["convs.1.bias", "convs.3.bias", "convs.4.bias", "fcs.0.bias", "fcs.1.bias"]
+    for name, b in biases.items():
+        assert torch.all(b == (1.0 if name in ones else 0.0)), name
+
+
+def test_lrn_matches_the_paper_formula_within_a_tower():
+    from trainer.models.alexnet import PAPER, AlexNet
+
+    net = AlexNet(PAPER, 10, 224)
+    x = torch.rand(2, 96, 5, 5) * 10
+    got = net._lrn(x)
+    ref = torch.empty_like(x)
+    for t in range(2):  # b = a / (2 + 1e-4 * sum_{5 neighbours in the tower} a^2)^0.75
+        a = x[:, 48 * t:48 * (t + 1)]
+        for c in range(48):
+            window = a[:, max(0, c - 2):min(48, c + 3)]
+            ref[:, 48 * t + c] = a[:, c] / (2 + 1e-4 * (window ** 2).sum(1)) ** 0.75
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.timeout(600)
+def test_stopped_run_resumes_exactly(dataset, tmp_path):
+    """The same command twice (first stopped at step 7 mid-epoch, then run on) equals one run."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    common = dict(mp=2, dropout=0.5, max_steps=12, eval_every=1)
+    torchrun(2, *base_args(dataset, whole, **common))
+    torchrun(2, *base_args(dataset, parts, **dict(common, max_steps=7)))
+    torchrun(2, *base_args(dataset, parts, **common))
+    a, b = losses(whole), losses(parts)
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-5)
+    epochs = [json.loads(r) for r in (parts / "metrics.jsonl").read_text().splitlines()]
+    # 24 train samples at global batch 8: 3 steps an epoch; each epoch row once despite the stop
+    assert [r["epoch"] for r in epochs if r["kind"] == "epoch"] == [0, 1, 2, 3]
+    assert (parts / "curves.png").exists() and (parts / "checkpoints" / "epoch003.pt").exists()
+
+
+def test_outputs_and_metrics_rows(dataset, tmp_path):
+    out = tmp_path / "run"
+    torchrun(1, *base_args(dataset, out, max_steps=0, epochs=2, eval_every=1, ten_crop_eval=True,
+                           log_every=2))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["epochs"] == 2 and saved["model"] == "alexnet_small"
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    step_keys = {"kind", "step", "epoch", "loss", "lr", "img_per_s", "data_wait_frac"}
+    epoch_keys = {"kind", "epoch", "train_loss", "val_loss", "val_top1", "val_top5", "val_top1_10crop",
+                  "img_per_s", "data_wait_frac"}
+    assert all(set(r) == step_keys for r in rows if r["kind"] == "step")
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and all(set(r) == epoch_keys for r in epochs)
+    assert all(0 <= r[k] <= 1 for r in epochs for k in ("val_top1", "val_top5", "val_top1_10crop"))
+    assert any((out / "tb").iterdir()) and (out / "curves.png").stat().st_size > 1000
+    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    assert set(state) >= {"model", "momentum", "schedule", "rng", "data", "step", "config"}
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--learning_rate=0.1"], "unknown config keys \\['learning_rate'\\].*valid keys:.*lr"),
+    (["--lr=fast"], "lr must be float"),
+    (["--mp=3"], "mp must be 1 or 2"),
+    (["--model=vgg16", "--mp=2"], "cannot be split"),
+    (["--precision=fp8"], "precision must be one of"),
+])
+def test_config_errors_are_clear(dataset, tmp_path, args, match):
+    res = subprocess.run([sys.executable, MAIN, f"--config={ROOT / 'configs' / 'tiny_cpu.yaml'}",
+                          f"--data={dataset}", f"--out={tmp_path / 'o'}", *args],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert __import__("re").search(match, res.stderr), res.stderr
+
+
+def test_world_not_divisible_by_mp(dataset, tmp_path):
+    res = torchrun(3, *base_args(dataset, tmp_path / "o", mp=2), check=False)
+    assert res.returncode != 0 and "not divisible by mp=2" in res.stderr + res.stdout
+
+
+def test_resume_with_another_config_is_refused(dataset, tmp_path):
+    out = tmp_path / "run"
+    torchrun(1, *base_args(dataset, out, max_steps=3))
+    res = torchrun(1, *base_args(dataset, out, max_steps=6, lr=0.05), check=False)
+    assert res.returncode != 0 and "lr: 0.01 -> 0.05" in res.stderr + res.stdout
+    torchrun(1, *base_args(dataset, out, max_steps=6))  # raising max_steps is allowed
+    assert sorted(losses(out)) == list(range(1, 7))
