@@ -192,3 +192,58 @@ def test_resume_with_another_config_is_refused(dataset, tmp_path):
     assert res.returncode != 0 and "lr: 0.01 -> 0.05" in res.stderr + res.stdout
     torchrun(1, *base_args(dataset, out, max_steps=6))  # raising max_steps is allowed
     assert sorted(losses(out)) == list(range(1, 7))
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(600)
+def test_two_launchers_c10d_rendezvous_equal_one_node(dataset, tmp_path):
+    """Multi-node as documented: two torchrun launchers (one process each) meeting through c10d
+    on 127.0.0.1 give the same losses as one launcher with two processes."""
+    one = tmp_path / "one"
+    torchrun(2, *base_args(dataset, one, mp=2, max_steps=6))
+    two = tmp_path / "two"
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test",
+           MAIN, *base_args(dataset, two, mp=2, max_steps=6)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    nodes = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    for p in nodes:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    a, b = losses(one), losses(two)
+    assert sorted(b) == list(range(1, 7))
+    np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-5)
+
+
+@pytest.mark.timeout(600)
+def test_killed_job_resumes_from_latest_checkpoint_exactly(dataset, tmp_path):
+    import signal
+    import time
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    common = dict(mp=2, max_steps=12, ckpt_every_steps=2, dropout=0.5)
+    torchrun(2, *base_args(dataset, whole, **common))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", MAIN,
+           *base_args(dataset, killed, **common)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "metrics.jsonl").exists() and len(losses(killed)) >= 5:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, launcher and both ranks
+    proc.wait()
+    assert len(losses(killed)) < 12, "the kill came too late to test anything"
+    torchrun(2, *base_args(dataset, killed, **common))
+    a, b = losses(whole), losses(killed)
+    assert sorted(b) == list(range(1, 13))
+    np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-5)
