@@ -24,7 +24,7 @@ import numpy as np
 from . import __version__
 from . import format as fmt
 from .preprocess import PARAMS, DecodeError, encode_jpeg, to_rgb_square
-from .sources import Item, detect, read_bytes
+from .sources import Item, detect, read_input
 from .stats import Accumulator, npz_bytes
 from .writer import ShardWriter, atomic_write, fsync_dir, sha256_file
 
@@ -113,7 +113,7 @@ def convert_shard(task) -> tuple[str, int, int]:
     try:
         for item in items:
             try:
-                img = to_rgb_square(read_bytes(src, item.locator), size)
+                img = to_rgb_square(read_input(src, item.locator), size)
             except (DecodeError, OSError) as e:
                 skipped.append({"split": split, "source": item.source, "reason": str(e)})
                 continue

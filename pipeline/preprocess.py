@@ -90,10 +90,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, P, CMYK (Adobe inversion handled by the decoder), YCbCr, 1
 
 
-def to_rgb_square(data: bytes, size: int = 256) -> np.ndarray:
-    """Encoded image bytes -> uint8 array (size, size, 3): RGB, short side to size, centre crop.
+def to_rgb_square(data, size: int = 256) -> np.ndarray:
+    """Encoded image bytes (or a uint8 (H, W) / (H, W, 3) pixel array, for sources that store
+    pixels) -> uint8 array (size, size, 3): RGB, short side to size, centre crop.
 
     Raises DecodeError (with the reason) for anything that cannot be decoded."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8 or data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[2] != 3):
+            raise DecodeError(f"expected uint8 (H, W) or (H, W, 3) pixels, got {data.dtype} {data.shape}")
+        img = Image.fromarray(data).convert("RGB")
+        return np.asarray(img.resize((size, size), FILTER, box=centre_box(*img.size)), dtype=np.uint8)
     img = open_image(data)
     try:
         with warnings.catch_warnings():

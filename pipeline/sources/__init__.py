@@ -6,6 +6,7 @@ the first that matches wins, and when none does the error lists what was looked 
 """
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ class Item:
     source: str     # the input's path relative to SRC; through tar members for archives
     label: int
     locator: tuple  # ("file", relpath) | ("range", relpath, offset, nbytes)
+    #                 | ("array", module, relpath, index): pixels decoded by sources.<module>.read_array
     nbytes: int     # input size, part of the job's fingerprint
 
 
@@ -30,6 +32,15 @@ class Layout:
     class_names: list[str] | None
     splits: dict[str, list[Item]]
     ignored: list[dict] = field(default_factory=list)  # {split, source, reason}: not converted
+
+
+def read_input(src: Path, locator: tuple):
+    """What the preprocessing function takes: encoded bytes, or a uint8 pixel array for layouts
+    that store raw pixels (IDX, CIFAR pickles)."""
+    if locator[0] == "array":
+        _, module, rel, index = locator
+        return importlib.import_module(f"{__name__}.{module}").read_array(src, rel, index)
+    return read_bytes(src, locator)
 
 
 def read_bytes(src: Path, locator: tuple) -> bytes:
