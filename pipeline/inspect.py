@@ -52,3 +52,29 @@ def dataset_grid(ds, path, split: str = "train", n: int = 32, columns: int = 8) 
     idx = np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)
     samples = [data[int(i)] for i in idx]
     save_grid([img for img, _ in samples], [ds.class_names[label] for _, label in samples], path, columns)
+
+
+def augmented_grid(dataset, path, n: int = 16, crop: int | None = None, lighting: float = 0.1,
+                   seed: int = 0) -> None:
+    """Pairs of (stored image, what the train loader makes of it) as a PNG: random crop, flip and
+    PCA lighting visible (mean subtraction off so the pixels stay viewable; no clipping inside
+    the loader, clipped here for display only)."""
+    import torch
+
+    from .dataset import open_dataset
+    from .loader import build_loader
+
+    ds = open_dataset(dataset)
+    crop = crop or ds.size * 7 // 8
+    loader = build_loader(dataset, "train", batch_size=n, crop=crop, device="cpu", mean="none",
+                          lighting=lighting, seed=seed, drop_last=False)
+    images, _ = next(iter(loader))
+    idx = loader.indices(0, 0)
+    _, d = loader.plan(0)
+    tiles, captions = [], []
+    for k, i in enumerate(idx[:n]):
+        original, label = ds["train"][int(i)]
+        aug = images[k].permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).numpy()
+        tiles += [original, aug]
+        captions += [ds.class_names[label], f"x{d.crop_x[i]} y{d.crop_y[i]}{' flip' if d.flip[i] else ''}"]
+    save_grid(tiles, captions, path, columns=8)
