@@ -31,6 +31,8 @@ class Config:
     max_steps: int = 0             # 0 = no limit
     lr: float = 0.01
     momentum: float = 0.9
+    nesterov: bool = False
+    label_smoothing: float = 0.0   # 0 = the paper's plain cross-entropy
     weight_decay: float = 5e-4     # applied to weights, not biases (as cuda-convnet)
     lr_schedule: str = "plateau"   # plateau | step | cosine
     lr_factor: float = 0.1         # plateau and step: multiply by this

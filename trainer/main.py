@@ -118,7 +118,7 @@ def train(cfg, out: Path, d):
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg.lr, momentum=cfg.momentum)
+                                lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     schedule = Schedule(cfg, steps_per_epoch)
     net = DDP(model, process_group=d.dp_group, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
         if d.dp_group is not None else model  # gradients averaged over the dp group only
@@ -200,7 +200,7 @@ def train(cfg, out: Path, d):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with amp():
-                loss = F.cross_entropy(net(images), labels)
+                loss = F.cross_entropy(net(images), labels, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             if scaler:
                 scaler.scale(loss).backward()

@@ -13,6 +13,7 @@ import torch.nn as nn
 from .cifar_cnn import cifar_cnn
 from .owt import alexnet_owt, alexnet_owt_small
 from .resnet import resnet50, resnet50_small
+from .small_bn import small_bn
 from .vgg import vgg16, vgg16_small
 
 Builder = Callable[[int, float, torch.Generator | None], nn.Module]
@@ -32,4 +33,5 @@ BUILDERS: dict[str, Builder] = {
     "resnet50": _without_dropout(resnet50),  # 224 px
     "resnet50_small": _without_dropout(resnet50_small),  # 28-64 px
     "cifar_cnn": cifar_cnn,                  # 32 px
+    "small_bn": small_bn,                    # 8-64 px (Fashion-MNIST)
 }
