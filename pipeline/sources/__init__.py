@@ -58,19 +58,22 @@ def read_bytes(src: Path, locator: tuple) -> bytes:
 
 
 def detect(src) -> Layout:
-    from . import folders, ilsvrc  # noqa: local import keeps the registry order explicit
+    from . import cifar, folders, idx, ilsvrc  # noqa: local import keeps the registry order explicit
 
     src = Path(src)
     if not src.exists():
         raise LayoutError(f"{src}: no such directory")
     if not src.is_dir():
         raise LayoutError(f"{src}: not a directory")
-    for module in (ilsvrc, folders):
+    for module in (ilsvrc, idx, cifar, folders):
         layout = module.detect(src)
         if layout is not None:
             return layout
     raise LayoutError(
         f"{src}: no recognised layout. Looked for: ILSVRC2012_img_train.tar / ILSVRC2012_img_val.tar "
         f"(with ILSVRC2012_devkit_t12.tar.gz or LOC_val_solution.csv for val labels); "
+        f"IDX files train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] (and t10k-*: val); "
+        f"CIFAR-10 pickles data_batch_1..5, test_batch, batches.meta (or in cifar-10-batches-py/); "
+        f"CIFAR-100 pickles train, test, meta (or in cifar-100-python/); "
         f"train/<class>/* and val/<class>/* image folders. Found: "
         f"{sorted(p.name for p in src.iterdir())[:20]}")
