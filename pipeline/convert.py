@@ -24,7 +24,7 @@ import numpy as np
 from . import __version__
 from . import format as fmt
 from .preprocess import PARAMS, DecodeError, encode_jpeg, to_rgb_square
-from .sources import Item, detect, read_input
+from .sources import Item, LayoutError, detect, read_input
 from .stats import Accumulator, npz_bytes
 from .writer import ShardWriter, atomic_write, fsync_dir, sha256_file
 
@@ -58,13 +58,27 @@ def job_identity(layout, size, encoding, quality, shard_size, seed) -> dict:
             "inputs": {s: len(v) for s, v in sorted(layout.splits.items())}}
 
 
+def inputs_stamp(src: Path, layout) -> str:
+    """Size and mtime of every underlying input file (archives, pickles, images). Only for
+    resuming: an unfinished job must not mix shards from inputs that were replaced in between.
+    Kept out of the manifest, so identical copies of SRC still give identical datasets."""
+    files = sorted({item.locator[2] if item.locator[0] == "array" else item.locator[1]
+                    for items in layout.splits.values() for item in items})
+    h = hashlib.sha256()
+    for rel in files:
+        st = (src / rel).stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def _differences(a: dict, b: dict) -> str:
     keys = sorted(set(a) | set(b))
     return ", ".join(f"{k}: {a.get(k)!r} there vs {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k))
 
 
-def _prepare_out(out: Path, identity: dict) -> bool:
-    """Check OUT; return True if the dataset there is already complete and identical."""
+def _prepare_out(out: Path, identity: dict, stamp) -> bool:
+    """Check OUT; return True if the dataset there is already complete and identical.
+    ``stamp()`` gives the inputs' stamp, recorded for (and checked on) resumption."""
     manifest, job = out / fmt.MANIFEST, out / WORK / "job.json"
     if manifest.exists():
         try:
@@ -77,6 +91,13 @@ def _prepare_out(out: Path, identity: dict) -> bool:
         return not job.exists() or _finish_cleanup(out)
     if job.exists():
         existing = json.loads(job.read_text())
+        identity = dict(identity, inputs_stamp=stamp())
+        if existing.get("inputs_stamp") != identity["inputs_stamp"] and \
+                {k: v for k, v in existing.items() if k != "inputs_stamp"} == \
+                {k: v for k, v in identity.items() if k != "inputs_stamp"}:
+            raise OutputError(f"{out} holds an unfinished conversion, but input files changed since "
+                              f"it started (size or modification time); its finished shards would "
+                              f"mix old and new inputs. Delete {out} and convert again.")
         if existing != identity:
             raise OutputError(f"{out} holds an unfinished conversion with other inputs or options "
                               f"({_differences(existing, identity)}); re-run it with its original "
@@ -87,7 +108,7 @@ def _prepare_out(out: Path, identity: dict) -> bool:
         raise OutputError(f"{out} exists, is not empty and holds no dataset of this tool; "
                           f"nothing was changed. Choose an empty or new directory.")
     (out / WORK).mkdir(parents=True, exist_ok=True)
-    atomic_write(job, json.dumps(identity, indent=1, sort_keys=True).encode())
+    atomic_write(job, json.dumps(dict(identity, inputs_stamp=stamp()), indent=1, sort_keys=True).encode())
     return False
 
 
@@ -114,8 +135,10 @@ def convert_shard(task) -> tuple[str, int, int]:
         for item in items:
             try:
                 img = to_rgb_square(read_input(src, item.locator), size)
-            except (DecodeError, OSError) as e:
-                skipped.append({"split": split, "source": item.source, "reason": str(e)})
+            except (DecodeError, OSError, LayoutError, ValueError, IndexError) as e:
+                # One unreadable input (or one that changed under us) is skipped, not fatal.
+                reason = str(e) if isinstance(e, (DecodeError, LayoutError)) else f"{type(e).__name__}: {e}"
+                skipped.append({"split": split, "source": item.source, "reason": reason})
                 continue
             if acc is not None:
                 acc.add(img)  # statistics of the stored pixels, before any JPEG re-encoding
@@ -212,7 +235,7 @@ def convert(src, out, size: int = 256, encoding: str = "raw", quality: int = 90,
     if "train" not in layout.splits:
         raise OutputError(f"{src}: no train split found (statistics come from train)")
     identity = job_identity(layout, size, encoding, quality, shard_size, seed)
-    if _prepare_out(out, identity):
+    if _prepare_out(out, identity, lambda: inputs_stamp(src, layout)):
         print(f"{out}: already complete, nothing to do", file=sys.stderr)
         return json.loads((out / fmt.MANIFEST).read_text())
     shards = {split: plan(items, split, shard_size, seed) for split, items in layout.splits.items()}

@@ -239,3 +239,24 @@ def test_cli_reports_errors_without_traceback(tmp_path):
     assert res.returncode == 1
     assert res.stderr.startswith("error: ") and "no such directory" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_resume_refused_when_inputs_changed_in_between(tree, tmp_path, monkeypatch):
+    import shutil
+    src = tmp_path / "src"
+    shutil.copytree(tree, src)
+    out = tmp_path / "out"
+
+    def stop(*a, **k):
+        raise Interrupt()
+
+    monkeypatch.setattr(convert_mod, "_finalize", stop)
+    with pytest.raises(Interrupt):
+        convert(src, out, size=32, shard_size=5, workers=1, progress=False)
+    monkeypatch.undo()
+    victim = next((src / "train").rglob("*.JPEG"))
+    data = victim.read_bytes()
+    victim.write_bytes(data)  # same bytes and size, new mtime: "replaced"
+    os.utime(victim, ns=(1, 1))
+    with pytest.raises(OutputError, match="input files changed"):
+        convert(src, out, size=32, shard_size=5, workers=1, progress=False)

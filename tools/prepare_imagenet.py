@@ -1,4 +1,5 @@
-"""Convert ImageNet (ILSVRC-2012 tars or folders) or any ImageFolder tree into sharded 256x256 data.
+"""Convert ImageNet (ILSVRC-2012 tars or folders), any ImageFolder tree, IDX (MNIST, Fashion-MNIST)
+or CIFAR pickles into sharded SIZE x SIZE data (256 for ImageNet).
 
     python tools/prepare_imagenet.py SRC OUT [--size=256] [--encoding=raw|jpeg] [--quality=90]
         [--workers=N] [--shard_size=1024] [--seed=0]
