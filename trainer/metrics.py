@@ -68,7 +68,8 @@ class Metrics:
         b.set_xlabel("epoch")
         b.set_ylabel("accuracy")
         b.set_ylim(0, 1)
-        b.legend()
+        if b.get_legend_handles_labels()[0]:
+            b.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=90)
         plt.close(fig)
