@@ -1,0 +1,196 @@
+"""Benchmarks of the data flow in DESIGN.md against peers; one subcommand per arrow.
+
+    python tools/benchmark.py prepare [--source=DIR] [--json=bench_out/prepare.json] [--quick]
+        [--workers=1] [--repeats=3] [--images=200]
+
+prepare: images/s per core of converting the same JPEGs to 256 px by
+    ours         pipeline.convert.convert (decode with draft, crop box only, bicubic, shards, stats)
+    ffcv-writer  FFCV's DatasetWriter, RGBImageField(raw, max_resolution=256) over PIL images
+    pillow-loop  open, RGB, resize short side to 256 (bicubic, whole image), centre crop
+Without --source it generates --images photo-size JPEGs (500x375 .. 1024x768, quality 90).
+--quick: 24 images and 1 repeat (a smoke test); the default is 1 warm-up + 3 timed repeats.
+Each system also converts every tenth input: the difference gives its fixed cost per
+run and its marginal rate, the figure that decides a full ImageNet conversion.
+SRC is converted 2 x (1 warm-up + repeats) times per system: give a small tree, not all of ImageNet.
+Each run prints a Markdown table and writes JSON + a PNG chart; record results in BENCHMARKS.md.
+"""
+import io
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+from pipeline import bench, synthetic  # noqa: E402
+from pipeline.cli import run_cli  # noqa: E402
+from pipeline.convert import convert  # noqa: E402
+from pipeline.export_ffcv import require_ffcv  # noqa: E402
+from pipeline.preprocess import centre_box, to_rgb_square  # noqa: E402
+from pipeline.sources import detect, read_bytes  # noqa: E402
+
+SIZE = 256
+SHARD_SIZE = 1024  # the converter's default, passed explicitly to know how many tasks it runs
+PREPARE_COLUMNS = [("system", "system", "s"), ("workers", "workers", "d"), ("images", "n_images", "d"),
+                   ("median s", "median_s", ".2f"), ("images/s", "images_per_s", ".1f"),
+                   ("images/s/core", "images_per_s_per_core", ".1f"), ("cores busy", "cores_busy", ".2f"),
+                   ("fixed s", "fixed_s", ".2f"),
+                   ("marginal images/s/core", "marginal_images_per_s_per_core", ".1f"),
+                   ("marginal images/CPU-s", "marginal_images_per_cpu_s", ".1f"),
+                   ("PSNR min dB", "psnr_min_db", ".1f"), ("PSNR mean dB", "psnr_mean_db", ".1f"),
+                   ("note", "note", "s")]
+
+
+class PhotoFiles:
+    """What FFCV users hand to DatasetWriter (torchvision ImageFolder's loader):
+    ``[i] -> (PIL RGB image, label)`` decoded from the source file."""
+
+    def __init__(self, src: Path, items):
+        self.src, self.items = src, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        return Image.open(io.BytesIO(read_bytes(self.src, item.locator))).convert("RGB"), item.label
+
+
+def pillow_square(data: bytes, size: int = SIZE) -> np.ndarray:
+    """The plain loop's preprocessing: full decode, whole image resized, then cropped."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    scale = size / min(img.size)
+    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
+                     Image.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def reference_square(data: bytes, size: int = SIZE) -> np.ndarray:
+    """float32 (size, size, 3): full-resolution decode (no draft), each channel resized in float
+    over the exact centre box, clipped to 0..255 (no 8-bit output can hold the overshoot)."""
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = ImageOps.exif_transpose(img).convert("RGB")
+    box = centre_box(*rgb.size)
+    channels = [np.asarray(c.convert("F").resize((size, size), Image.BICUBIC, box=box))
+                for c in rgb.split()]
+    return np.clip(np.stack(channels, axis=-1), 0, 255)
+
+
+def psnr_db(a: np.ndarray, reference: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - reference) ** 2))
+    return 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))  # identical images: capped at 148 dB
+
+
+def _generate(root: Path, images: int) -> Path:
+    """About ``images`` photo-size JPEGs, 4/5 train and 1/5 val (at least one val per class)."""
+    classes = 10 if images >= 50 else 4
+    per_class = max(2, images // classes)
+    val = max(1, per_class // 5)
+    return synthetic.make_imagefolder(root, n_classes=classes, train_per_class=per_class - val,
+                                      val_per_class=val, sizes=synthetic.PHOTO_SIZES)
+
+
+def _subset_tree(src: Path, items, root: Path) -> Path:
+    """``items`` of SRC (any layout) copied into a fresh train/<label>/ ImageFolder tree."""
+    for i, item in enumerate(items):
+        path = root / "train" / f"{item.label:05d}" / f"{i:06d}{Path(item.source).suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(read_bytes(src, item.locator))
+    return root
+
+
+# Each system: (src, items) -> run(scratch), converting those inputs once per call.
+
+def _ours(workers):
+    return lambda src, items: lambda scratch: convert(src, scratch / "data", size=SIZE, workers=workers,
+                                                      shard_size=SHARD_SIZE, progress=False)
+
+
+def _ffcv_writer(workers):
+    """Raises ImportError (saying how to install FFCV) when it is missing."""
+    require_ffcv()
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    def make(src, items):
+        photos = PhotoFiles(src, items)
+
+        def run(scratch):
+            fields = {"image": RGBImageField(write_mode="raw", max_resolution=SIZE), "label": IntField()}
+            DatasetWriter(str(scratch / "x.beton"), fields, num_workers=workers).from_indexed_dataset(photos)
+        return run
+    return make
+
+
+def _pillow_loop(src, items):
+    def run(_):
+        for item in items:
+            pillow_square(read_bytes(src, item.locator))
+    return run
+
+
+def prepare(source=None, json="bench_out/prepare.json", quick=False, workers=1, repeats=None,
+            images=None):
+    """Converter images/s per core: ours vs FFCV's DatasetWriter vs a plain Pillow loop."""
+    repeats = repeats or (1 if quick else 3)
+    images = images or (24 if quick else 200)
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+    with tempfile.TemporaryDirectory(prefix="bench-src-") as tmp:
+        if source is None:
+            src = _generate(Path(tmp) / "src", images)
+            source_desc = f"generated by pipeline.synthetic: photo sizes {synthetic.PHOTO_SIZES}, quality 90"
+        else:
+            src, source_desc = Path(source).resolve(), str(Path(source).resolve())
+        layout = detect(src)
+        items = [item for split in sorted(layout.splits) for item in layout.splits[split]]
+        n = len(items)
+        if n < 2:
+            raise ValueError(f"{src}: {n} inputs; the benchmark needs at least 2")
+        # Every system also converts every tenth input (a sample of the same sizes), so that
+        # per-run costs (process start, listing, manifest) separate from the per-image rate
+        # that decides a 1.28 M-image job.
+        small = _subset_tree(src, items[::10], Path(tmp) / "small")
+        small_items = detect(small).splits["train"]
+        blobs = [read_bytes(src, item.locator) for item in items]
+        sizes = np.array([Image.open(io.BytesIO(b)).size for b in blobs])
+        env = bench.environment()
+        config = {"source": source_desc, "size": SIZE, "quick": quick, "warmup": 1,
+                  "subset_images": len(small_items),
+                  "mean_input_wh": sizes.mean(axis=0).round(1).tolist(),
+                  "mean_input_kib": round(sum(map(len, blobs)) / n / 1024, 1)}
+
+        def row(system, make, used, **extra):
+            times = bench.time_runs(make(src, items), repeats)
+            subset = bench.time_runs(make(small, small_items), repeats)
+            return bench.throughput_row("prepare", system, n, used, times, (len(small_items), subset),
+                                        config=config, **env, **extra)
+
+        # ours: one process per shard task, so never more workers than shards.
+        tasks = sum(math.ceil(len(v) / SHARD_SIZE) for v in layout.splits.values())
+        psnr = [psnr_db(to_rgb_square(b, SIZE), reference_square(b, SIZE)) for b in blobs]
+        rows = [row("ours", _ours(workers), min(workers, tasks),
+                    psnr_min_db=min(psnr), psnr_mean_db=float(np.mean(psnr)),
+                    note="raw shards + train stats, fsync'd; PSNR vs float reference")]
+        try:
+            ffcv_writer = _ffcv_writer(workers)
+        except ImportError as e:
+            print(f"ffcv-writer skipped: {e}", file=sys.stderr)
+            rows.append({"bench": "prepare", "system": "ffcv-writer", "skipped": str(e),
+                         "note": f"skipped: {e}", "config": config, **env})
+        else:
+            rows.append(row("ffcv-writer", ffcv_writer, workers,
+                            note="max side 256, aspect kept, no centre crop (cv2 INTER_AREA)"))
+        rows.append(row("pillow-loop", _pillow_loop, 1, note="arrays discarded (nothing written)"))
+
+    bench.report(rows, json, PREPARE_COLUMNS, "images_per_s_per_core", "images/s per core",
+                 f"prepare: JPEG -> {SIZE} px, {n} images, {repeats} repeats")
+
+
+if __name__ == "__main__":
+    run_cli({"prepare": prepare})
