@@ -204,16 +204,20 @@ def test_refuses_a_foreign_non_empty_directory(tree, tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 
-def test_refuses_to_resume_with_other_options(tree, tmp_path, monkeypatch):
-    out = tmp_path / "out"
-
+def _leave_unfinished(src, out, monkeypatch):
+    """Convert every shard but stop before the manifest: an unfinished job at ``out``."""
     def stop(*a, **k):
         raise Interrupt()
 
     monkeypatch.setattr(convert_mod, "_finalize", stop)
     with pytest.raises(Interrupt):
-        convert(tree, out, size=32, shard_size=5, workers=1, progress=False)
+        convert(src, out, size=32, shard_size=5, workers=1, progress=False)
     monkeypatch.undo()
+
+
+def test_refuses_to_resume_with_other_options(tree, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _leave_unfinished(tree, out, monkeypatch)
     with pytest.raises(OutputError, match="unfinished conversion.*seed: 0 there vs 3 now"):
         convert(tree, out, size=32, shard_size=5, workers=1, progress=False, seed=3)
 
@@ -246,14 +250,7 @@ def test_resume_refused_when_inputs_changed_in_between(tree, tmp_path, monkeypat
     src = tmp_path / "src"
     shutil.copytree(tree, src)
     out = tmp_path / "out"
-
-    def stop(*a, **k):
-        raise Interrupt()
-
-    monkeypatch.setattr(convert_mod, "_finalize", stop)
-    with pytest.raises(Interrupt):
-        convert(src, out, size=32, shard_size=5, workers=1, progress=False)
-    monkeypatch.undo()
+    _leave_unfinished(src, out, monkeypatch)
     victim = next((src / "train").rglob("*.JPEG"))
     data = victim.read_bytes()
     victim.write_bytes(data)  # same bytes and size, new mtime: "replaced"
