@@ -160,8 +160,9 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str
     return "\n".join(lines)
 
 
-def bar_chart(rows: list[dict], key: str, label: str, title: str, path: Path) -> bool:
-    """Horizontal bars of ``row[key]`` per system; False (and a message) without matplotlib."""
+def bar_chart(rows: list[dict], series: dict[str, str], label: str, title: str, path: Path) -> bool:
+    """Horizontal bars per system, one colour per ``series`` entry (row key -> legend text);
+    False (and a message) without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only, no display needed
@@ -169,22 +170,30 @@ def bar_chart(rows: list[dict], key: str, label: str, title: str, path: Path) ->
     except ImportError:
         print(f"matplotlib not importable: no chart written ({path})", file=sys.stderr)
         return False
-    rows = [r for r in rows if r.get(key) is not None]
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.2))
-    bars = ax.barh([r["system"] for r in rows], [r[key] for r in rows], color="tab:blue")
-    ax.bar_label(bars, fmt="%.0f", padding=3)
+    rows = [r for r in rows if not r.get("skipped")]
+    height = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) * len(series) + 1.4))
+    for j, (key, legend) in enumerate(series.items()):
+        y = [i + (j - (len(series) - 1) / 2) * height for i in range(len(rows))]
+        bars = ax.barh(y, [r.get(key) or 0 for r in rows], height, label=legend)
+        ax.bar_label(bars, fmt="%.0f", padding=3)
+    ax.set_yticks(range(len(rows)), [r["system"] for r in rows])
     ax.invert_yaxis()  # first row on top, as in the table
     ax.set_xlabel(label)
     ax.set_title(title, fontsize=10)
     ax.margins(x=0.15)
+    if len(series) > 1:
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
 
 
-def report(rows: list[dict], json_path, columns, chart_key: str, chart_label: str, title: str) -> None:
-    """Write ``{"rows": rows}`` to ``json_path`` and the chart beside it; print the table."""
+def report(rows: list[dict], json_path, columns, chart: dict[str, str], chart_label: str,
+           title: str) -> None:
+    """Write ``{"rows": rows}`` to ``json_path`` and the chart of the ``chart`` series (row key
+    -> legend text) beside it; print the table."""
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
@@ -195,5 +204,5 @@ def report(rows: list[dict], json_path, columns, chart_key: str, chart_label: st
     print(markdown_table(rows, columns))
     print()
     png = json_path.with_suffix(".png")
-    written = bar_chart(rows, chart_key, chart_label, title, png)
+    written = bar_chart(rows, chart, chart_label, title, png)
     print(f"json      {json_path}" + (f"\nchart     {png}" if written else ""))
