@@ -4,9 +4,9 @@ from __future__ import annotations
 import sys
 
 
-def run_cli(fn) -> None:
-    """Run ``fn`` under fire; expected failures print ``error: ...`` and exit 1 (no traceback);
-    Ctrl-C exits 130 with a hint that the command resumes."""
+def run_cli(fn, known: tuple = ()) -> None:
+    """Run ``fn`` under fire; expected failures (and the caller's ``known`` exception types) print
+    ``error: ...`` and exit 1 (no traceback); Ctrl-C exits 130 with a hint that the command resumes."""
     import fire
 
     from .convert import OutputError
@@ -16,7 +16,7 @@ def run_cli(fn) -> None:
     try:
         fire.Fire(fn)
     except (OutputError, FormatError, LayoutError, ValueError, FileNotFoundError,
-            PermissionError) as e:
+            PermissionError, *known) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

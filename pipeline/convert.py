@@ -26,7 +26,7 @@ from . import format as fmt
 from .preprocess import PARAMS, DecodeError, encode_jpeg, to_rgb_square
 from .sources import Item, LayoutError, detect, read_input
 from .stats import Accumulator, npz_bytes
-from .writer import ShardWriter, atomic_write, fsync_dir, sha256_file
+from .writer import NO_SPACE, ShardWriter, atomic_write, fsync_dir, sha256_file
 
 WORK = ".work"
 
@@ -88,7 +88,8 @@ def _prepare_out(out: Path, identity: dict, stamp) -> bool:
         if existing != identity:
             raise OutputError(f"{out} holds a different dataset ({_differences(existing, identity)}); "
                               f"nothing was changed. Choose another OUT or delete it first.")
-        return not job.exists() or _finish_cleanup(out)
+        # A kill during the final clean-up can leave part of .work (job.json already gone).
+        return not (out / WORK).exists() or _finish_cleanup(out)
     if job.exists():
         existing = json.loads(job.read_text())
         identity = dict(identity, inputs_stamp=stamp())
@@ -235,6 +236,19 @@ def convert(src, out, size: int = 256, encoding: str = "raw", quality: int = 90,
     if "train" not in layout.splits:
         raise OutputError(f"{src}: no train split found (statistics come from train)")
     identity = job_identity(layout, size, encoding, quality, shard_size, seed)
+    try:
+        return _convert(src, out, layout, identity, workers, progress)
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        raise OutputError(f"{e.filename}: {e.strerror}: out of space (disk, quota or file-size "
+                          f"limit); finished shards are kept: free some space and run the same "
+                          f"command again to resume") from None
+
+
+def _convert(src: Path, out: Path, layout, identity: dict, workers: int, progress: bool) -> dict:
+    size, encoding, quality = identity["size"], identity["encoding"], identity["quality"]
+    shard_size, seed = identity["shard_size"], identity["seed"]
     if _prepare_out(out, identity, lambda: inputs_stamp(src, layout)):
         print(f"{out}: already complete, nothing to do", file=sys.stderr)
         return json.loads((out / fmt.MANIFEST).read_text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import zipfile
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +24,9 @@ FormatError = fmt.FormatError
 
 
 class Shard:
-    """One shard file, header checked on open; payload memory-mapped on first use."""
+    """One shard file, checked on open and memory-mapped whole, once: labels, index, payload and
+    sources all come from that one mapping, so a shard replaced on disk later (a new file renamed
+    over it) keeps serving the file that was checked, never new pixels under old labels."""
 
     def __init__(self, path: Path, entry: dict, size: int, encoding: str, verify: bool):
         self.path = path
@@ -33,8 +36,8 @@ class Shard:
         if nbytes != entry["bytes"]:
             raise FormatError(f"{path}: {nbytes} bytes on disk, manifest.json says {entry['bytes']} "
                               f"(truncated or changed after conversion)")
-        with open(path, "rb") as f:
-            header = fmt.unpack_header(f.read(fmt.HEADER_SIZE), path)
+        self.file = np.memmap(path, np.uint8, "r")
+        header = fmt.unpack_header(self.file[:fmt.HEADER_SIZE].tobytes(), path)
         self.count = int(header["count"])
         if self.count != entry["count"]:
             raise FormatError(f"{path}: holds {self.count} samples, manifest.json says {entry['count']}")
@@ -47,27 +50,21 @@ class Shard:
             raise FormatError(f"{path}: checksum mismatch (sha256 differs from manifest.json): "
                               f"the file is corrupted")
         self.header, self.size, self.encoding = header, size, encoding
-        self.labels = np.fromfile(path, fmt.LABEL_DTYPE, self.count, offset=int(header["labels_offset"]))
+        self.labels = self._section("labels_offset", fmt.LABEL_DTYPE, self.count)
+        start, end = int(header["data_offset"]), int(header["sources_offset"])
+        payload = self.file[start:end]
+        # raw: uint8 (count, S, S, 3); jpeg: the concatenated files, cut by ``offsets``
+        self.payload = payload.reshape(self.count, size, size, 3) if encoding == "raw" else payload
+        self.offsets = self._section("index_offset", fmt.INDEX_DTYPE, self.count + 1) \
+            if encoding == "jpeg" else None
 
-    @cached_property
-    def payload(self) -> np.ndarray:
-        """raw: uint8 memmap (count, S, S, 3); jpeg: uint8 memmap of the concatenated files."""
-        start, end = int(self.header["data_offset"]), int(self.header["sources_offset"])
-        if end - start == 0:
-            return np.zeros((0, self.size, self.size, 3), np.uint8)
-        data = np.memmap(self.path, np.uint8, "r", offset=start, shape=(end - start,))
-        return data.reshape(self.count, self.size, self.size, 3) if self.encoding == "raw" else data
-
-    @cached_property
-    def offsets(self) -> np.ndarray:
-        """jpeg: byte offsets (count + 1,) into payload."""
-        return np.fromfile(self.path, fmt.INDEX_DTYPE, self.count + 1, offset=int(self.header["index_offset"]))
+    def _section(self, key: str, dtype: np.dtype, n: int) -> np.ndarray:
+        start = int(self.header[key])
+        return np.frombuffer(self.file[start:start + n * dtype.itemsize], dtype)
 
     @cached_property
     def sources(self) -> list[str]:
-        with open(self.path, "rb") as f:
-            f.seek(int(self.header["sources_offset"]))
-            return json.loads(f.read())
+        return json.loads(self.file[int(self.header["sources_offset"]):].tobytes())
 
     def encoded(self, i: int) -> bytes:
         return self.payload[int(self.offsets[i]):int(self.offsets[i + 1])].tobytes()
@@ -154,8 +151,8 @@ def _load_stats(path: Path, entry: dict, verify: bool) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as z:
             stats = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise FormatError(f"{path}: unreadable ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise FormatError(f"{path}: unreadable, corrupted ({type(e).__name__}: {e})") from None
     missing = set(STATS_KEYS) - set(stats)
     if missing:
         raise FormatError(f"{path}: lacks {sorted(missing)}")

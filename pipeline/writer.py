@@ -5,14 +5,19 @@ A shard at its final name is therefore always complete; an interrupted conversio
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import format as fmt
+
+# A write failed because the disk (or quota, or the file-size limit) ran out: fixable by the user.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def sha256_file(path, chunk: int = 1 << 22) -> str:
@@ -31,13 +36,28 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def naming(path):
+    """Put ``path`` into OSErrors raised by writes (a failed write on a file object names no file)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
 def atomic_write(path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with naming(tmp), open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. the disk filled up: leave no partial file behind
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -60,13 +80,18 @@ class ShardWriter:
         if self.encoding == "raw":
             assert payload.shape == (self.size, self.size, 3) and payload.dtype == np.uint8
             payload = memoryview(np.ascontiguousarray(payload)).cast("B")
-        self.file.write(payload)
+        with naming(self.tmp):
+            self.file.write(payload)
         self.ends.append(self.ends[-1] + len(payload))
         self.labels.append(label)
         self.sources.append(source)
 
     def finish(self) -> dict:
         """Complete the temporary file (header last, fsync); return its manifest entry."""
+        with naming(self.tmp):
+            return self._finish()
+
+    def _finish(self) -> dict:
         f, count = self.file, len(self.labels)
         sources_offset = self.offsets["data_offset"] + self.ends[-1]
         f.write(json.dumps(self.sources, ensure_ascii=False).encode())
@@ -88,6 +113,8 @@ class ShardWriter:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        if not self.file.closed:
-            self.file.close()
+        try:
+            self.file.close()  # flushes the buffer: fails again when the disk is full
+        except OSError:
+            pass
         self.tmp.unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """Shared fixtures: small generated ImageFolder trees and their converted datasets."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,17 @@ SMALL_SIZES = ((96, 72), (72, 96), (120, 90), (64, 64))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA (skipped without it)")
-    config.addinivalue_line("markers", "slow: long fault-injection trials")
+    config.addinivalue_line("markers", "slow: long fault-injection trials (run when RELIABILITY_TRIALS=N is set)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long trials run only when RELIABILITY_TRIALS gives their count (tests/test_reliability.py)."""
+    if os.environ.get("RELIABILITY_TRIALS"):
+        return
+    skip = pytest.mark.skip(reason="long fault-injection trials: set RELIABILITY_TRIALS=N to run them")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

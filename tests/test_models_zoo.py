@@ -43,7 +43,16 @@ def big(request):
 
 def test_builders_named_as_documented():
     assert set(BUILDERS) == {"alexnet_owt", "alexnet_owt_small", "vgg16", "vgg16_small", "resnet50",
-                             "resnet50_small", "cifar_cnn"}
+                             "resnet50_small", "cifar_cnn", "small_bn"}
+
+
+def test_small_bn_shapes_and_parameter_count():
+    import torch
+    model = BUILDERS["small_bn"](10, 0.0, torch.Generator().manual_seed(0))
+    # convs 3*32*9 + 32*64*9 + 64*128*9 + 128*128*9, BN 2*(32+64+128+128), linear 128*9*10 + 10
+    assert sum(p.numel() for p in model.parameters()) == 864 + 18432 + 73728 + 147456 + 704 + 11530
+    for side in (24, 28, 32):
+        assert model(torch.randn(2, 3, side, side)).shape == (2, 10)
 
 
 def test_big_model_parameter_count_is_torchvisions(big):

@@ -70,12 +70,18 @@ def restore_rng(states: list, d) -> bool:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temporary name, fsync, rename: a kill mid-write never leaves a half file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    """Write to a temporary name, fsync, rename: a kill mid-write never leaves a half file.
+    The temporary name is fixed (only global rank 0 writes), so the partial file a kill leaves
+    is overwritten by the next save instead of piling up (each as large as a checkpoint)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. the disk filled up
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

@@ -8,6 +8,10 @@ tools/prepare_imagenet.py, through the DALI loader, under torchrun.
     # two nodes (run on each; c10d rendezvous on the first node's address)
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
         --rdzv_id=alexnet trainer/main.py --config=configs/alexnet_paper.yaml --data=DATA
+    # restart crashed workers in place, resuming from the last checkpoint (the variable: a fresh
+    # rendezvous store per attempt, else restarts fail on stale addresses; see RELIABILITY.md)
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --max-restarts=3 --nproc_per_node=8 \
+        trainer/main.py --config=configs/alexnet_paper.yaml --data=DATA
 
 Reads top to bottom: config -> distributed init -> data -> model -> optimizer -> resume -> loop.
 Run it again with the same command and ``out`` and it resumes from out/checkpoints/latest.pt.
@@ -78,6 +82,10 @@ def main(config=None, **overrides):
     cfg = make_config(config, **overrides)
     out = Path(cfg.out)
     d = init_distributed(cfg.mp, cfg.device)
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) and \
+            os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        log(d, "note: torchrun restarts reuse one rendezvous store and can fail on stale peer "
+               "addresses (pytorch/pytorch#135712); launch with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
     try:
         train(cfg, out, d)
     finally:
@@ -178,12 +186,21 @@ def train(cfg, out: Path, d):
     first_bad = torch.full((), -1, dtype=torch.int64, device=d.device)  # first non-finite loss step
 
     def check_finite(since: int):
-        """Collective: stop every rank if any saw a NaN/inf loss since the last check."""
-        flag = (first_bad >= 0).double().reshape(1)
-        if all_reduce_sum(flag, d.dp_group).item():  # sync point
-            where = f"step {first_bad.item()}" if first_bad.item() >= 0 else f"steps {since + 1}..{step}"
-            raise TrainingError(f"non-finite loss at {where} (epoch {epoch}); stopped, the last good "
-                                f"checkpoint is {ckpt_dir / 'latest.pt'}")
+        """Collective: stop every rank if any saw a NaN/inf loss since the last check, or holds a
+        non-finite weight (an overflowing update can follow a finite loss). Every checkpoint is
+        written after this check, so latest.pt stays the last good state."""
+        finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
+        flag = torch.stack([first_bad >= 0, ~finite]).double()
+        all_reduce_sum(flag, d.dp_group)
+        all_reduce_sum(flag, d.mp_group)  # the towers hold different weights
+        bad_loss, bad_weights = flag.tolist()  # sync point
+        if bad_loss or bad_weights:
+            span = f"step {step}" if since + 1 == step else f"steps {since + 1}..{step}"
+            where = f"step {first_bad.item()}" if first_bad.item() >= 0 else span
+            what = f"loss at {where}" if bad_loss else f"weights after {span}"
+            last = ckpt.latest(ckpt_dir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingError(f"non-finite {what} (epoch {epoch}); stopped, {kept}")
 
     model.train()
     checked = step
@@ -278,4 +295,4 @@ def train(cfg, out: Path, d):
 if __name__ == "__main__":
     from pipeline.cli import run_cli
 
-    run_cli(main)
+    run_cli(main, known=(TrainingError,))
