@@ -51,18 +51,20 @@ class Metrics:
 
         steps = [r for r in self.rows if r["kind"] == "step"]
         epochs = [r for r in self.rows if r["kind"] == "epoch"]
+        end_step = {}  # an epoch row sits at the last logged step of its epoch
+        for r in steps:
+            end_step[r["epoch"]] = max(end_step.get(r["epoch"], 0), r["step"])
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
         a.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss (step)")
         ev = [r for r in epochs if r.get("val_loss") is not None]
-        if ev:
-            a2 = a.twiny()
-            a2.plot([r["epoch"] for r in ev], [r["val_loss"] for r in ev], "r.-", label="val loss")
-            a2.set_xlabel("epoch")
-            a2.legend(loc="upper center")
-            for key in ("val_top1", "val_top5", "val_top1_10crop"):
-                pts = [(r["epoch"], r[key]) for r in ev if r.get(key) is not None]
-                if pts:
-                    b.plot(*zip(*pts), ".-", label=key)
+        placed = [r for r in ev if r["epoch"] in end_step]
+        if placed:
+            a.plot([end_step[r["epoch"]] for r in placed], [r["val_loss"] for r in placed], "r.-",
+                   label="val loss (epoch end)")
+        for key in ("val_top1", "val_top5", "val_top1_10crop"):
+            pts = [(r["epoch"], r[key]) for r in ev if r.get(key) is not None]
+            if pts:
+                b.plot(*zip(*pts), ".-", label=key)
         a.set_xlabel("step")
         a.legend(loc="upper right")
         b.set_xlabel("epoch")
