@@ -17,6 +17,7 @@ identical batches, so never LOCAL_RANK.
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ class Loader:
             pipe = self._pipeline(epoch, start, dali_steps)
             for step in range(start, dali_steps):
                 outputs = pipe.run()
-                images, labels = self._to_torch(outputs)
+                images, labels = self._to_torch(pipe, outputs)
                 self._advance(epoch, step, steps)
                 yield images, labels
             del pipe
@@ -191,19 +192,25 @@ class Loader:
             pipe.build()
         return pipe
 
-    def _to_torch(self, outputs):
-        images, labels = outputs
-        images = images.as_tensor()
-        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        dali_dtype = torch.float16 if images.dtype == types.FLOAT16 else torch.float32
-        out = torch.empty(images.shape(), dtype=dali_dtype, device=self.device)
-        feed_ndarray(images, out, cuda_stream=stream)
+    def _to_torch(self, pipe, outputs):
+        images, labels = (o.as_tensor() for o in outputs)
+        if pipe.exec_dynamic:
+            # DALI 2.x's dynamic executor gives each output its own memory: hand it to torch
+            # without a copy, as DALI's DALIGenericIterator does. The copy into a fresh tensor
+            # was 70% of a CPU batch's time (BENCHMARKS.md, "Loader").
+            device = torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
+            with device:
+                out = torch.from_dlpack(images)
+        else:
+            stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+            dali_dtype = torch.float16 if images.dtype == types.FLOAT16 else torch.float32
+            out = torch.empty(images.shape(), dtype=dali_dtype, device=self.device)
+            feed_ndarray(images, out, cuda_stream=stream)
         if self.channels_last and not self.ten_crop:
             out = out.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last for free
         if out.dtype != self.dtype:
             out = out.to(self.dtype)  # bf16 (and fp16 on the CPU, where DALI's fp16 is 3x slower)
-        labels = torch.from_numpy(np.array(labels.as_tensor())).to(self.device, torch.int64,
-                                                                    non_blocking=True)
+        labels = torch.from_numpy(np.array(labels)).to(self.device, torch.int64, non_blocking=True)
         return out, labels
 
     def _empty(self):

@@ -38,3 +38,80 @@ def test_prepare_quick(tree, tmp_path):
     assert 30 < rows["ours"]["psnr_min_db"] <= rows["ours"]["psnr_mean_db"]
     if importlib.util.find_spec("matplotlib") is not None:
         assert out.with_suffix(".png").stat().st_size > 0
+
+
+def _run_bench(tmp_path, *args):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "| system |" in proc.stdout
+    return proc
+
+
+RATE_KEYS = {"bench", "system", "images_per_s", "images_per_s_per_core", "images_per_cpu_s", "workers",
+             "batch_size", "crop", "steps", "n_images", "repeats", "median_s", "cores_busy",
+             "other_cores_busy", "runs", "config", "device", "versions", "date"}
+
+
+def test_loader_quick(tmp_path):
+    """Generated 64 px data, crop 56, batch 32: every system measured or listed as not measured."""
+    import torch
+
+    out = tmp_path / "l.json"
+    proc = _run_bench(tmp_path, "loader", "--quick", f"--json={out}")
+    report = json.loads(out.read_text())
+    rows = {r["system"]: r for r in report["rows"]}
+    skipped = report["not_measured"]
+    assert set(rows) | set(skipped) == {"dali-gpu", "dali-cpu", "dali-cpu+lighting", "ffcv",
+                                        "torch-dataloader"} and not set(rows) & set(skipped)
+    assert {"dali-cpu", "dali-cpu+lighting", "torch-dataloader"} <= set(rows)  # no optional part
+    assert ("dali-gpu" in rows) == torch.cuda.is_available()
+    if "dali-gpu" in skipped:
+        assert "not measured (no GPU)" in proc.stdout
+    if importlib.util.find_spec("ffcv") is not None:
+        assert "ffcv" in rows
+    for system, row in rows.items():
+        assert RATE_KEYS <= set(row), (system, RATE_KEYS - set(row))
+        assert row["bench"] == "loader" and row["batch_size"] == 32 and row["crop"] == 56
+        assert row["images_per_s"] > 0 and row["repeats"] == len(row["runs"]) == 1
+        assert row["n_images"] == sum(r["steps"] for r in row["runs"]) * 32
+        assert row["config"]["dtype"] == "float32" and row["config"]["size"] == 64
+        assert row["output_device"] == ("cuda" if system == "dali-gpu" else "cpu")
+    for system in ("dali-cpu", "dali-cpu+lighting"):
+        for peer, key in (("ffcv", "ratio_vs_ffcv"), ("torch-dataloader", "ratio_vs_torch")):
+            if peer in rows:
+                assert abs(rows[system][key] - rows[system]["images_per_s"] / rows[peer]["images_per_s"]) < 1e-9
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_model_quick(tmp_path):
+    """Two small models in one run: one row each, on synthetic CPU tensors."""
+    out = tmp_path / "m.json"
+    _run_bench(tmp_path, "model", "--quick", "--model=alexnet_small,small_bn", "--device=cpu",
+               f"--json={out}")
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["system"] for r in rows] == ["alexnet_small fp32", "small_bn fp32"]
+    for row in rows:
+        assert RATE_KEYS <= set(row), RATE_KEYS - set(row)
+        assert row["bench"] == "model" and row["batch_size"] == 8 and row["crop"] == 28
+        assert row["device_type"] == "cpu" and row["images_per_s"] > 0 and row["steps"] >= 2
+        assert row["config"]["precision"] == "fp32" and row["config"]["mp"] == 1
+
+
+def test_train_quick(tmp_path):
+    """configs/tiny_cpu.yaml through trainer/main.py, plus the model-only figure and their ratio."""
+    out = tmp_path / "t.json"
+    _run_bench(tmp_path, "train", "--quick", f"--json={out}")
+    rows = {r["system"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"end-to-end", "model-only"}
+    e2e, alone = rows["end-to-end"], rows["model-only"]
+    for row in rows.values():
+        assert row["bench"] == "train" and row["images_per_s"] > 0
+        assert (row["model"], row["batch_size"], row["crop"], row["precision"]) == \
+            ("alexnet_small", 16, 28, "fp32")  # configs/tiny_cpu.yaml
+        assert row["device"]["cpu_count"] >= 1 and row["versions"]["torch"]
+    assert len(e2e["windows_images_per_s"]) >= 2  # the first log window (warm-up) is left out
+    assert e2e["model_only_images_per_s"] == alone["images_per_s"]
+    assert abs(e2e["saturation"] - e2e["images_per_s"] / alone["images_per_s"]) < 1e-9
+    assert e2e["config"]["trainer"]["eval_every"] == 0 and e2e["config"]["trainer"]["mp"] == 1

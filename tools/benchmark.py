@@ -13,6 +13,13 @@ Each system also converts every tenth input: the difference gives its fixed cost
 run and its marginal rate, the figure that decides a full ImageNet conversion.
 SRC is converted 2 x (1 warm-up + repeats) times per system: give a small tree, not all of ImageNet.
 Each run prints a Markdown table and writes JSON + a PNG chart; record results in BENCHMARKS.md.
+
+    python tools/benchmark.py loader [--data=DATASET --source=DIR] [--batch_size=256] [--crop=224] [--quick]
+    python tools/benchmark.py model [--model=alexnet[,alexnet_owt]] [--precision=fp32[,bf16]] [--quick]
+    python tools/benchmark.py train --config=CONFIG --data=DATASET [--steps=60] [--quick]
+
+loader: DALI (GPU, CPU, CPU with lighting) vs FFCV's Loader vs a torch DataLoader (tools/bench_loader.py).
+model, train: train-step images/s on synthetic tensors; end to end and saturation (tools/bench_model.py).
 """
 import io
 import math
@@ -32,6 +39,8 @@ from pipeline.convert import convert  # noqa: E402
 from pipeline.export_ffcv import require_ffcv  # noqa: E402
 from pipeline.preprocess import centre_box, to_rgb_square  # noqa: E402
 from pipeline.sources import detect, read_bytes  # noqa: E402
+from bench_loader import loader  # noqa: E402  (tools/, this script's folder)
+from bench_model import model, train  # noqa: E402
 
 SIZE = 256
 SHARD_SIZE = 1024  # the converter's default, passed explicitly to know how many tasks it runs
@@ -195,4 +204,4 @@ def prepare(source=None, json="bench_out/prepare.json", quick=False, workers=1, 
 
 
 if __name__ == "__main__":
-    run_cli({"prepare": prepare})
+    run_cli({"prepare": prepare, "loader": loader, "model": model, "train": train})
