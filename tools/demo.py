@@ -43,16 +43,17 @@ def main(out="demo_out", steps=0):
     py = sys.executable
     t0 = step("data")
     if (FASHION / "train-images-idx3-ubyte.gz").exists():
-        src, size, crop, epochs = FASHION, 32, 28, 1
+        src, size, crop, epochs, name = FASHION, 32, 28, 1, "fashion-mnist"
         note = "Fashion-MNIST (real data, installed by Debian's dataset-fashion-mnist)"
     else:
-        src, size, crop, epochs = out / "src", 64, 56, 4
+        src, size, crop, epochs, name = out / "src", 64, 56, 4, "generated"
         note = "a generated ImageNet-shaped tree (install dataset-fashion-mnist for real data)"
         if not (src / "train").exists():
             synthetic.make_imagefolder(src, n_classes=10, train_per_class=120, val_per_class=30,
                                        sizes=((160, 120), (120, 160), (200, 150), (128, 128)))
     print(f"using {note}: {src}")
-    data, run_dir = out / "data", out / "run"
+    # One directory per embedded default: installing the real data later does not collide.
+    data, run_dir = out / f"data-{name}-{size}", out / f"run-{name}"
 
     t = step("convert")
     run([py, "tools/prepare_imagenet.py", str(src), str(data), f"--size={size}", "--shard_size=4096"])
@@ -73,7 +74,7 @@ def main(out="demo_out", steps=0):
 
     t = step("quick benchmarks")
     bench = out / "bench"
-    for sub, args in (("prepare", []), ("loader", [f"--data={data}"]),
+    for sub, args in (("prepare", []), ("loader", [f"--data={data}", f"--crop={crop}"]),
                       ("model", ["--model=alexnet_small", f"--crop={crop}"])):
         run([py, "tools/benchmark.py", sub, "--quick", f"--json={bench / (sub + '.json')}", *args])
     print(f"({time.perf_counter() - t:.0f} s)")
