@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 from bench_loader import QUICK_SIZES, busy_cpu_seconds, rate_row, time_steps, warm_up
@@ -80,6 +79,7 @@ def train_step(name: str, batch_size: int, crop: int, precision: str, channels_l
     import torch.nn.functional as F
 
     from trainer.models import build_model
+    from trainer.step import autocast, grad_scaler, optimize
 
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
@@ -93,23 +93,15 @@ def train_step(name: str, batch_size: int, crop: int, precision: str, channels_l
                                  {"params": no_decay, "weight_decay": 0.0}], lr=0.01, momentum=0.9)
     if compile:
         net = torch.compile(net)
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    scaler = grad_scaler(precision)
     g = torch.Generator(device=device).manual_seed(0)
     images = torch.randn(batch_size, 3, crop, crop, device=device, generator=g).contiguous(memory_format=fmt)
     labels = torch.randint(0, num_classes, (batch_size,), device=device, generator=g)
 
     def step():
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+        with autocast(device.type, precision):
             loss = F.cross_entropy(net(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimize(loss, optimizer, scaler)
     return step
 
 

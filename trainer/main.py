@@ -18,11 +18,9 @@ Run it again with the same command and ``out`` and it resumes from out/checkpoin
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,6 +36,7 @@ from trainer.metrics import Metrics  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 from trainer.parallel import all_reduce_sum, cleanup, init_distributed  # noqa: E402
 from trainer.schedule import Schedule  # noqa: E402
+from trainer.step import autocast, grad_scaler, optimize  # noqa: E402
 
 
 class TrainingError(RuntimeError):
@@ -134,12 +133,10 @@ def train(cfg, out: Path, d):
         net = torch.compile(net)
     if cfg.precision == "fp16" and d.device.type != "cuda":
         raise ConfigError("precision fp16 needs CUDA; use bf16 on the CPU")
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-
     def amp():
-        return torch.autocast(d.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+        return autocast(d.device.type, cfg.precision)
 
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    scaler = grad_scaler(cfg.precision)
 
     # -- resume ----------------------------------------------------------------------------------
     ckpt_dir = out / "checkpoints"
@@ -218,14 +215,7 @@ def train(cfg, out: Path, d):
                 group["lr"] = lr
             with amp():
                 loss = F.cross_entropy(net(images), labels, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            optimize(loss, optimizer, scaler)
             step += 1
             loss = loss.detach()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)

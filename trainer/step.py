@@ -1,0 +1,29 @@
+"""The one training step, shared by the trainer and the model benchmark (so the benchmark times
+exactly what trains): autocast per precision, backward (scaled for fp16), optimizer step."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device_type: str, precision: str):
+    dtype = AMP_DTYPES[precision]
+    return torch.autocast(device_type, dtype=dtype) if dtype else nullcontext()
+
+
+def grad_scaler(precision: str):
+    return torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+
+def optimize(loss: torch.Tensor, optimizer, scaler=None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
