@@ -89,7 +89,8 @@ def _prepare_out(out: Path, identity: dict, stamp) -> bool:
             raise OutputError(f"{out} holds a different dataset ({_differences(existing, identity)}); "
                               f"nothing was changed. Choose another OUT or delete it first.")
         # A kill during the final clean-up can leave part of .work (job.json already gone).
-        return not (out / WORK).exists() or _finish_cleanup(out)
+        _finish_cleanup(out)
+        return True
     if job.exists():
         existing = json.loads(job.read_text())
         identity = dict(identity, inputs_stamp=stamp())
@@ -113,9 +114,8 @@ def _prepare_out(out: Path, identity: dict, stamp) -> bool:
     return False
 
 
-def _finish_cleanup(out: Path) -> bool:
+def _finish_cleanup(out: Path) -> None:
     shutil.rmtree(out / WORK, ignore_errors=True)
-    return True
 
 
 def _partial_path(out: Path, split: str, k: int) -> Path:

@@ -39,13 +39,14 @@ def full_state(model, optimizer, d) -> tuple[dict, dict]:
 
 
 def load_full_state(model, optimizer, model_state: dict, momentum: dict, d) -> None:
-    own = {}
-    for name, t in model_state.items():
-        own[name] = t.chunk(d.mp_size, dim=0)[d.mp_rank] if name in dict(model.named_parameters()) else t
-    model.load_state_dict(own)
-    for name, p in model.named_parameters():
+    def own_half(t: torch.Tensor) -> torch.Tensor:
+        return t.chunk(d.mp_size, dim=0)[d.mp_rank]
+
+    params = dict(model.named_parameters())
+    model.load_state_dict({name: own_half(t) if name in params else t for name, t in model_state.items()})
+    for name, p in params.items():
         if name in momentum:
-            optimizer.state[p]["momentum_buffer"] = momentum[name].chunk(d.mp_size, dim=0)[d.mp_rank].to(p.device).clone()
+            optimizer.state[p]["momentum_buffer"] = own_half(momentum[name]).to(p.device).clone()
 
 
 def gather_rng(d) -> list:
