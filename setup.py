@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="ImageNet -> sharded 256px dataset -> NVIDIA DALI loader -> AlexNet trainer",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipeline", "pipeline.*", "trainer", "trainer.*"]),
+    packages=find_packages(include=["pipeline", "pipeline.*", "trainer", "trainer.*", "tools", "tools.*"]),
     install_requires=[
         # Pinned: any unpinned torch (or a package depending on it) pulls a multi-GB CUDA build.
         "torch==2.13.0",

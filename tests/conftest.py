@@ -2,18 +2,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # tests/images.py
 
-from pipeline import synthetic  # noqa: E402
-from pipeline.convert import convert  # noqa: E402
+from pipeline.prepare.convert import convert
+from tools import synthetic
 
 SMALL_SIZES = ((96, 72), (72, 96), (120, 90), (64, 64))
 

@@ -1,6 +1,5 @@
 """The converter: statistics against NumPy, skipped inputs, determinism, resumption after an
 interruption at any point, and refusing to overwrite another dataset."""
-import hashlib
 import json
 import os
 import signal
@@ -14,18 +13,14 @@ import pytest
 from PIL import Image
 
 import pipeline
+from helpers import noise_tree, tree_digest
 from images import encode
-from pipeline import convert as convert_mod
-from pipeline import synthetic
-from pipeline.convert import OutputError, convert
-from pipeline.sources import LayoutError
+from pipeline.prepare import convert as convert_mod
+from tools import synthetic
+from pipeline.prepare.convert import OutputError, convert
+from pipeline.prepare.sources import LayoutError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tree_digest(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_stats_against_numpy(dataset):
@@ -147,21 +142,8 @@ def test_interrupted_at_any_point_resumes_to_identical_bytes(tree, dataset, tmp_
     assert tree_digest(out) == tree_digest(dataset)
 
 
-def _noise_tree(root: Path, classes: int, per_class: int, wh=(640, 480)) -> Path:
-    rng = np.random.default_rng(7)
-    for split, n in (("train", per_class), ("val", per_class // 4)):
-        for c in range(classes):
-            folder = root / split / f"c{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                arr = rng.integers(0, 256, (wh[1] // 8, wh[0] // 8, 3), dtype=np.uint8)
-                big = np.asarray(Image.fromarray(arr).resize(wh))  # blocky noise: quick to make
-                (folder / f"{i}.jpg").write_bytes(synthetic.jpeg_bytes(big, 90))
-    return root
-
-
 def test_sigkill_then_same_command_gives_identical_bytes(tmp_path):
-    src = _noise_tree(tmp_path / "src", classes=3, per_class=48)
+    src = noise_tree(tmp_path / "src", classes=3, per_class=48)
     cmd = [sys.executable, str(ROOT / "tools" / "prepare_imagenet.py"), str(src)]
     opts = ["--size=64", "--shard_size=4", "--workers=2"]
     clean = tmp_path / "clean"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline import open_dataset
-from pipeline.export_ffcv import export_beton
+from tools.export_ffcv import export_beton
 
 pytest.importorskip("ffcv")
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 import pipeline
 from pipeline import FormatError
-from pipeline.convert import convert
-from pipeline.preprocess import to_rgb_square
+from pipeline.prepare.convert import convert
+from pipeline.prepare.preprocess import to_rgb_square
 
 # The shard header as README.md documents it, written out independently of pipeline/format.py.
 README_HEADER = np.dtype([("magic", "S8"), ("version", "<u4"), ("encoding", "<u4"), ("count", "<u4"),

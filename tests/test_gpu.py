@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pipeline
-from pipeline.convert import convert
+from pipeline.prepare.convert import convert
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -22,10 +22,10 @@ import pytest
 import scipy.io
 
 import pipeline
-from pipeline import synthetic
-from pipeline.convert import OutputError, convert
-from pipeline.preprocess import to_rgb_square
-from pipeline.sources import LayoutError, detect
+from tools import synthetic
+from pipeline.prepare.convert import OutputError, convert
+from pipeline.prepare.preprocess import to_rgb_square
+from pipeline.prepare.sources import LayoutError, detect
 
 SIZE = 32
 SHARD = 4
@@ -225,7 +225,7 @@ def test_meta_mat_reads_like_the_real_devkit(fake):
     raw = scipy.io.loadmat(io.BytesIO(_meta_mat()))
     assert raw["synsets"].shape == (len(WNIDS) + len(NON_LEAVES), 1)
     assert raw["synsets"].dtype.names[:3] == ("ILSVRC2012_ID", "WNID", "words")
-    from pipeline.sources.ilsvrc import read_devkit
+    from pipeline.prepare.sources.ilsvrc import read_devkit
     synsets, val_ids = read_devkit(fake.srcs["devkit"] / DEVKIT)
     assert synsets == {ILSVRC_ID[w]: (w, WORDS[w]) for w in WNIDS}  # leaves only
     assert val_ids == [ILSVRC_ID[fake.val_wnid[n]] for n in range(1, N_VAL + 1)]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import pipeline
-from pipeline.convert import convert
-from pipeline.loader import LoaderError
+from pipeline.prepare.convert import convert
+from pipeline.load.loader import LoaderError
 
 
 def reference(ds, split, i, x, y, flip, alpha, crop, mean, form="code"):

@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from images import decode_full, encode, png16_rgb, psnr, reference
-from pipeline import synthetic
-from pipeline.preprocess import DecodeError, to_rgb_square
+from tools import synthetic
+from pipeline.prepare.preprocess import DecodeError, to_rgb_square
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.convert import convert
-from test_sources_idx_cifar import write_cifar10, write_cifar100
+from pipeline.prepare.convert import convert
+from helpers import write_cifar10, write_cifar100
 from trainer.config import make_config
 
 ROOT = Path(__file__).resolve().parents[1]

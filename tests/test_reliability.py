@@ -27,9 +27,8 @@ import torch
 
 import pipeline
 from pipeline import FormatError
-from pipeline.convert import convert
-from test_convert import _noise_tree, tree_digest
-from test_trainer import MAIN, base_args, torchrun
+from pipeline.prepare.convert import convert
+from helpers import MAIN, base_args, noise_tree, torchrun, tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARE = [sys.executable, str(ROOT / "tools" / "prepare_imagenet.py")]
@@ -72,7 +71,7 @@ def noise(tmp_path_factory):
     """144 train + 36 val 640x480 JPEGs, their clean conversion, and its timing: seconds from
     start to job.json (start-up) and from job.json to exit (the conversion itself)."""
     root = tmp_path_factory.mktemp("noise")
-    src = _noise_tree(root / "src", classes=3, per_class=48)
+    src = noise_tree(root / "src", classes=3, per_class=48)
     clean = root / "clean"
     t0 = time.perf_counter()
     proc = subprocess.Popen(PREPARE + [str(src), str(clean), *NOISE_OPTS], stdout=subprocess.DEVNULL,
@@ -427,7 +426,6 @@ def test_one_rank_sigkilled_job_restarts_and_resumes_exactly(dataset, tmp_path, 
 
 SAVER = r"""
 import sys
-sys.path.insert(0, {root!r})
 from pathlib import Path
 import torch
 from trainer.checkpoint import save_atomic

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,14 +15,14 @@ import pytest
 from PIL import Image
 
 import pipeline
-from pipeline.convert import convert
-from pipeline.sources import LayoutError, cifar, detect, idx
+from pipeline.prepare.convert import convert
+from pipeline.prepare.sources import LayoutError, cifar, detect, idx
+
+from helpers import CIFAR10_NAMES, CIFAR100_NAMES, cifar_batch, dump, write_cifar10, write_cifar100
 
 N_TRAIN, N_TEST = 30, 10
 SHARD = 8
 DIGITS = [str(k) for k in range(10)]
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-CIFAR100_NAMES = [f"fine_{k}" for k in range(100)]
 
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -208,19 +207,6 @@ def test_idx_missing_partner(mnist, tmp_path, missing, present):
 
 # -------------------------------------------------------------------------------------- CIFAR
 
-def dump(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def cifar_batch(data, labels, key=b"labels", name=b"batch") -> dict:
-    d = {b"batch_label": name, key: [int(v) for v in labels], b"data": data,
-         b"filenames": [b"img_%d.png" % i for i in range(len(data))]}
-    if key == b"fine_labels":
-        d[b"coarse_labels"] = [int(v) // 5 for v in labels]
-    return d
-
 
 @pytest.fixture(scope="module")
 def cifar_data():
@@ -232,21 +218,6 @@ def cifar_data():
                       np.r_[99, 0, rng.integers(0, 100, N_TRAIN - 2)]),
             "test": (rng.integers(0, 256, (N_TEST, 3072), dtype=np.uint8), rng.integers(0, 100, N_TEST))}
     return SimpleNamespace(c10=c10, c100=c100)
-
-
-def write_cifar10(d: Path, batches: dict, skip=()) -> None:
-    dump(d / "batches.meta", {b"num_cases_per_batch": 6, b"label_names": [n.encode() for n in CIFAR10_NAMES],
-                              b"num_vis": 3072})
-    for name, (data, labels) in batches.items():
-        if name not in skip:
-            dump(d / name, cifar_batch(data, labels, name=name.encode()))
-
-
-def write_cifar100(d: Path, sets: dict) -> None:
-    dump(d / "meta", {b"fine_label_names": [n.encode() for n in CIFAR100_NAMES],
-                      b"coarse_label_names": [b"coarse_%d" % k for k in range(20)]})
-    for name, (data, labels) in sets.items():
-        dump(d / name, cifar_batch(data, labels, key=b"fine_labels", name=name.encode()))
 
 
 @pytest.fixture(scope="module")

@@ -4,38 +4,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-MAIN = str(ROOT / "trainer" / "main.py")
-
-
-def torchrun(nproc: int, *args, check=True, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           MAIN, *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
-    return res
-
-
-def losses(out: Path) -> dict:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["kind"] == "step"}
-
-
-def base_args(dataset, out, **kw):
-    args = {"config": str(ROOT / "configs" / "tiny_cpu.yaml"), "data": str(dataset), "out": str(out),
-            "dropout": 0.0, "batch_size": 8, "log_every": 1, "eval_every": 0, "max_steps": 20,
-            "epochs": 100}
-    args.update(kw)
-    return [f"--{k}={v}" for k, v in args.items()]
+from helpers import MAIN, ROOT, base_args, losses, torchrun
 
 
 @pytest.mark.timeout(600)
@@ -56,7 +31,6 @@ def test_losses_agree_across_dp_mp_layouts(dataset, tmp_path):
 
 SPLIT_SCRIPT = r"""
 import sys, torch, torch.distributed as dist
-sys.path.insert(0, {root!r})
 from trainer.models import build_model
 from trainer.parallel import init_distributed
 from trainer.checkpoint import full_state

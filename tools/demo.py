@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline import open_dataset, synthetic  # noqa: E402
-from pipeline.cli import run_cli  # noqa: E402
-from pipeline.inspect import augmented_grid, summary  # noqa: E402
+from pipeline import open_dataset
+from tools import synthetic
+from tools.cli import run_cli
+from tools.grids import augmented_grid, summary
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

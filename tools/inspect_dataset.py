@@ -2,14 +2,10 @@
 
     python tools/inspect_dataset.py DATASET [--grid=samples.png] [--split=train] [--n=32] [--verify]
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipeline import open_dataset  # noqa: E402
-from pipeline.cli import run_cli  # noqa: E402
-from pipeline.inspect import dataset_grid, summary  # noqa: E402
+from pipeline import open_dataset
+from tools.cli import run_cli
+from tools.grids import dataset_grid, summary
 
 
 def main(dataset, grid=None, split="train", n=32, verify=False):

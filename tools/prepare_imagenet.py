@@ -6,13 +6,9 @@ or CIFAR pickles into sharded SIZE x SIZE data (256 for ImageNet).
 
 Resumable: after Ctrl-C or a kill, run the same command again. See README.md for the layouts.
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipeline.cli import run_cli  # noqa: E402
-from pipeline.convert import convert  # noqa: E402
+from pipeline.prepare.convert import convert
+from tools.cli import run_cli
 
 
 def main(src, out, size=256, encoding="raw", quality=90, workers=None, shard_size=1024, seed=0):

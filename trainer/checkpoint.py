@@ -8,13 +8,12 @@ schedule, rng (every rank's), data (loader position), step, epoch, config.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from pipeline.writer import fsync_dir
+from pipeline.fileio import atomic_write
 
 
 def _gather_dim0(t: torch.Tensor, group, size: int) -> torch.Tensor:
@@ -71,20 +70,9 @@ def restore_rng(states: list, d) -> bool:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temporary name, fsync, rename: a kill mid-write never leaves a half file.
-    The temporary name is fixed (only global rank 0 writes), so the partial file a kill leaves
-    is overwritten by the next save instead of piling up (each as large as a checkpoint)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # e.g. the disk filled up
-        raise
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """torch.save through pipeline.fileio.atomic_write: a kill mid-write never leaves a half file
+    (only global rank 0 writes, so the fixed temporary name is safe)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def latest(ckpt_dir: Path) -> Path | None:

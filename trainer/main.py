@@ -19,24 +19,22 @@ Run it again with the same command and ``out`` and it resumes from out/checkpoin
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-import pipeline  # noqa: E402
-from trainer import checkpoint as ckpt  # noqa: E402
-from trainer.config import ConfigError, check_resume, make_config, save, to_dict  # noqa: E402
-from trainer.metrics import Metrics  # noqa: E402
-from trainer.models import build_model  # noqa: E402
-from trainer.parallel import all_reduce_sum, cleanup, init_distributed  # noqa: E402
-from trainer.schedule import Schedule  # noqa: E402
-from trainer.step import autocast, grad_scaler, optimize  # noqa: E402
+import pipeline
+from trainer import checkpoint as ckpt
+from trainer.config import ConfigError, check_resume, make_config, save, to_dict
+from trainer.metrics import Metrics
+from trainer.models import build_model
+from trainer.parallel import all_reduce_sum, cleanup, init_distributed
+from trainer.schedule import Schedule
+from trainer.step import autocast, grad_scaler, optimize
 
 
 class TrainingError(RuntimeError):
@@ -283,6 +281,6 @@ def train(cfg, out: Path, d):
 
 
 if __name__ == "__main__":
-    from pipeline.cli import run_cli
+    from tools.cli import run_cli
 
     run_cli(main, known=(TrainingError,))

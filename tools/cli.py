@@ -9,9 +9,9 @@ def run_cli(fn, known: tuple = ()) -> None:
     ``error: ...`` and exit 1 (no traceback); Ctrl-C exits 130 with a hint that the command resumes."""
     import fire
 
-    from .convert import OutputError
-    from .dataset import FormatError
-    from .sources import LayoutError
+    from pipeline import FormatError
+    from pipeline.prepare.convert import OutputError
+    from pipeline.prepare.sources import LayoutError
 
     try:
         fire.Fire(fn)

@@ -7,6 +7,7 @@ memory-mapped, never read into RAM as a whole.
 from __future__ import annotations
 
 import bisect
+import io
 import json
 import zipfile
 from collections.abc import Sequence
@@ -15,10 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import format as fmt
-from .preprocess import decode_jpeg
-from .stats import KEYS as STATS_KEYS
-from .writer import sha256_file
+from .. import format as fmt
+from ..fileio import sha256_file
 
 FormatError = fmt.FormatError
 
@@ -153,10 +152,18 @@ def _load_stats(path: Path, entry: dict, verify: bool) -> dict[str, np.ndarray]:
             stats = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise FormatError(f"{path}: unreadable, corrupted ({type(e).__name__}: {e})") from None
-    missing = set(STATS_KEYS) - set(stats)
+    missing = set(fmt.STATS_KEYS) - set(stats)
     if missing:
         raise FormatError(f"{path}: lacks {sorted(missing)}")
     return stats
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """A jpeg-encoded sample's payload -> uint8 (S, S, 3) RGB (DALI decodes it in the loader)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def open_dataset(path, verify: bool = False) -> Dataset:

@@ -17,9 +17,9 @@ from PIL import Image, ImageFile, ImageOps
 
 FILTER = Image.Resampling.BICUBIC
 # Panoramas and 5,000-pixel photos are legitimate inputs; beyond this, refuse (decompression bomb).
-# Pillow's limit is process-wide: the converter's processes decode only through this module.
+# Pillow's own limit is a process-wide global that importing this module leaves alone: open_image
+# applies ours for the duration of its own Image.open (where Pillow checks it).
 MAX_PIXELS = 16_000 * 16_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 PARAMS = {"resize": "short side", "filter": "bicubic-antialiased", "crop": "centre",
           "exif_orientation": True, "alpha": "composited over white", "draft": True}
 
@@ -35,7 +35,11 @@ def open_image(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Image.open(io.BytesIO(data))
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
+            try:
+                return Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
     except Image.DecompressionBombError as e:
         raise DecodeError(f"too large: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -126,8 +130,3 @@ def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr, "RGB").save(buf, format="JPEG", quality=quality, subsampling=2)
     return buf.getvalue()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)

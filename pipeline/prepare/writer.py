@@ -5,62 +5,14 @@ A shard at its final name is therefore always complete; an interrupted conversio
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from . import format as fmt
-
-# A write failed because the disk (or quota, or the file-size limit) ran out: fixable by the user.
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fsync_dir(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def naming(path):
-    """Put ``path`` into OSErrors raised by writes (a failed write on a file object names no file)."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename is None:
-            e.filename = str(path)
-        raise
-
-
-def atomic_write(path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with naming(tmp), open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # e.g. the disk filled up: leave no partial file behind
-        raise
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
+from .. import format as fmt
+from ..fileio import naming, sha256_file
 
 class ShardWriter:
     """``add`` samples (uint8 HxWx3 arrays for raw, JPEG bytes for jpeg), ``finish``, ``publish``."""

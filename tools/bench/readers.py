@@ -7,18 +7,16 @@ per-channel normalisation, float32 CHW), one epoch per run, alternating, batch 2
 A native DALI reader does not apply: none reads fixed-size records at offsets inside our shard
 files (readers.numpy wants .npy files). Figures and the reading are in BENCHMARKS.md ("Loader").
 """
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
-import nvidia.dali.fn as fn  # noqa: E402
-import nvidia.dali.types as types  # noqa: E402
-import torch  # noqa: E402
-from nvidia.dali import pipeline_def  # noqa: E402
+import numpy as np
+import nvidia.dali.fn as fn
+import nvidia.dali.types as types
+import torch
+from nvidia.dali import pipeline_def
 
-import pipeline  # noqa: E402
+import pipeline
 
 DATA, B, C = sys.argv[1] if len(sys.argv) > 1 else "/tmp/bench_loader_cache/data", 256, 224
 

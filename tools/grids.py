@@ -6,7 +6,7 @@ import json
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import format as fmt
+from pipeline import format as fmt
 
 
 def summary(ds) -> str:
@@ -61,8 +61,8 @@ def augmented_grid(dataset, path, n: int = 16, crop: int | None = None, lighting
     the loader, clipped here for display only)."""
     import torch
 
-    from .dataset import open_dataset
-    from .loader import build_loader
+    from pipeline import open_dataset
+    from pipeline import build_loader
 
     ds = open_dataset(dataset)
     crop = crop or ds.size * 7 // 8

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from . import format as fmt
+from .. import __version__
+from .. import format as fmt
+from ..fileio import NO_SPACE, atomic_write, fsync_dir, sha256_file
 from .preprocess import PARAMS, DecodeError, encode_jpeg, to_rgb_square
 from .sources import Item, LayoutError, detect, read_input
 from .stats import Accumulator, npz_bytes
-from .writer import NO_SPACE, ShardWriter, atomic_write, fsync_dir, sha256_file
+from .writer import ShardWriter
 
 WORK = ".work"
 

@@ -20,7 +20,9 @@ import zipfile
 
 import numpy as np
 
-KEYS = ("count", "mean_image", "channel_mean", "channel_std", "cov", "eigval", "eigvec")
+from .. import format as fmt
+
+KEYS = fmt.STATS_KEYS
 
 
 class Accumulator:

@@ -32,13 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_loader import QUICK_SIZES, busy_cpu_seconds, rate_row, time_steps, warm_up
+from pipeline.load.dataset import open_dataset
+from pipeline.prepare.convert import convert
+from tools import synthetic
+from tools.bench import harness as bench
+from tools.bench.loader import QUICK_SIZES, busy_cpu_seconds, rate_row, time_steps, warm_up
 
-from pipeline import bench, synthetic
-from pipeline.convert import convert
-from pipeline.dataset import open_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL_CROPS = {"alexnet_small": 28, "alexnet_owt_small": 28, "resnet50_small": 28, "small_bn": 28,
                "vgg16_small": 32, "cifar_cnn": 32}  # the others take 224
 PRECISIONS = ("fp32", "bf16", "fp16")
