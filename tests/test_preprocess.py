@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from images import decode_full, encode, png16_rgb, psnr, reference
+from images import encode, png16_rgb
 from tools import synthetic
+from tools.fidelity import decode_full, psnr, reference
 from pipeline.prepare.preprocess import DecodeError, to_rgb_square
 
 

@@ -28,10 +28,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from pipeline.prepare.convert import convert
-from pipeline.prepare.preprocess import centre_box, to_rgb_square
+from pipeline.prepare.preprocess import to_rgb_square
 from pipeline.prepare.sources import detect, read_bytes
 from tools import synthetic
 from tools.bench import harness as bench
@@ -39,6 +39,7 @@ from tools.bench.loader import loader
 from tools.bench.model import model, train
 from tools.cli import run_cli
 from tools.export_ffcv import require_ffcv
+from tools.fidelity import decode_full, psnr, reference
 
 SIZE = 256
 SHARD_SIZE = 1024  # the converter's default, passed explicitly to know how many tasks it runs
@@ -75,22 +76,6 @@ def pillow_square(data: bytes, size: int = SIZE) -> np.ndarray:
                      Image.BICUBIC)
     left, top = (img.width - size) // 2, (img.height - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)))
-
-
-def reference_square(data: bytes, size: int = SIZE) -> np.ndarray:
-    """float32 (size, size, 3): full-resolution decode (no draft), each channel resized in float
-    over the exact centre box, clipped to 0..255 (no 8-bit output can hold the overshoot)."""
-    with Image.open(io.BytesIO(data)) as img:
-        rgb = ImageOps.exif_transpose(img).convert("RGB")
-    box = centre_box(*rgb.size)
-    channels = [np.asarray(c.convert("F").resize((size, size), Image.BICUBIC, box=box))
-                for c in rgb.split()]
-    return np.clip(np.stack(channels, axis=-1), 0, 255)
-
-
-def psnr_db(a: np.ndarray, reference: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - reference) ** 2))
-    return 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))  # identical images: capped at 148 dB
 
 
 def _generate(root: Path, images: int) -> Path:
@@ -180,9 +165,9 @@ def prepare(source=None, json="bench_out/prepare.json", quick=False, workers=1, 
 
         # ours: one process per shard task, so never more workers than shards.
         tasks = sum(math.ceil(len(v) / SHARD_SIZE) for v in layout.splits.values())
-        psnr = [psnr_db(to_rgb_square(b, SIZE), reference_square(b, SIZE)) for b in blobs]
+        db = [psnr(to_rgb_square(b, SIZE), reference(decode_full(b), SIZE)) for b in blobs]
         rows = [row("ours", _ours(workers), min(workers, tasks),
-                    psnr_min_db=min(psnr), psnr_mean_db=float(np.mean(psnr)),
+                    psnr_min_db=min(db), psnr_mean_db=float(np.mean(db)),
                     note="raw shards + train stats, fsync'd; PSNR vs float reference")]
         try:
             ffcv_writer = _ffcv_writer(workers)
