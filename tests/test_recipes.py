@@ -2,12 +2,14 @@
 run a few steps through the real chain on generated CIFAR pickles (the real data is not here)."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.prepare.convert import convert
 from helpers import write_cifar10, write_cifar100
@@ -23,6 +25,55 @@ def test_config_parses_and_says_what_it_reproduces(path):
     assert cfg.model
     head = path.read_text().splitlines()[0]
     assert head.startswith("#") and len(head) > 20  # a comment naming what it reproduces
+
+
+EPOCH_METRICS = {"val_top1", "val_top5", "val_top1_10crop"}  # metrics.jsonl epoch keys with a reference
+
+
+def recipe(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())["recipe"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_recipe_block_names_a_reference_the_run_measures(path):
+    meta, cfg = recipe(path), make_config(str(path), data="x")
+    assert set(meta) == {"reproduces", "source", "compare"}
+    assert isinstance(meta["reproduces"], str) and len(meta["reproduces"]) > 10
+    assert set(meta["compare"]) <= EPOCH_METRICS, meta["compare"]
+    for metric, figure in meta["compare"].items():
+        assert 0 < figure <= 1, (metric, figure)  # a fraction, as metrics.jsonl logs it
+        assert cfg.eval_every > 0  # the run evaluates ...
+        assert metric != "val_top1_10crop" or cfg.ten_crop_eval  # ... and logs this key
+    assert bool(meta["compare"]) != meta["reproduces"].startswith("nothing")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_header_comment_agrees_with_the_schedule(path):
+    comment = " ".join(line for line in path.read_text().splitlines() if line.startswith("#")).lower()
+    cfg = make_config(str(path), data="x")
+    if "plateau" in comment or "stops improving" in comment:
+        assert cfg.lr_schedule == "plateau"
+    if "cosine" in comment:
+        assert cfg.lr_schedule == "cosine"
+    every = re.search(r"every (\d+) epochs", comment)
+    if every:
+        assert (cfg.lr_schedule, cfg.lr_step_epochs) == ("step", int(every.group(1)))
+
+
+def test_readme_recipe_table_matches_the_recipe_blocks():
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        m = re.match(r"\| `configs/([\w.]+\.yaml)` \|(.*)\|(.*)\|$", line)
+        if m:
+            rows[m.group(1)] = m.group(3)
+    assert sorted(rows) == sorted(p.name for p in CONFIGS)  # one row per recipe, no stale rows
+    for path in CONFIGS:
+        compare, cell = recipe(path)["compare"], rows[path.name]
+        if not compare:
+            assert cell.strip() == "–", path.name
+        for metric, figure in compare.items():
+            percent = f"{round(100 * figure, 2):g}"
+            assert re.search(rf"`{metric}` ~?{re.escape(percent)} %", cell), (path.name, metric, percent, cell)
 
 
 @pytest.fixture(scope="module")

@@ -117,6 +117,7 @@ def make_config(path: str | None = None, **overrides) -> Config:
             raise ConfigError(f"{path}: cannot read config ({e})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values")
+        values.pop("recipe", None)  # what a recipe reproduces: for people and tests, not a setting
     values.update(overrides)
     kinds = {f.name: f.type for f in fields(Config)}
     types = {"int": int, "float": float, "str": str, "bool": bool}
