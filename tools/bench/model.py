@@ -11,7 +11,7 @@ model: train-step images/s (forward, cross-entropy, backward, and the trainer's 
     ``trainer.models.build_model(name)`` (mp=1) on synthetic tensors
     that already sit on the device, so no loader is involved. CPU: wall clock; GPU: CUDA events.
     Warm-up, then --repeats runs of --steps or --seconds; runs disturbed by other processes are
-    redone as in tools/bench_loader.py.
+    redone as in tools/bench/loader.py.
     Several models and precisions may be given comma-separated: one row each. The crop defaults to
     224, or the small models' input size; --quick: alexnet_small at 28 px, batch 8, ~0.5 s runs.
 train: trainer/main.py as a subprocess (one process, mp=1) for --steps steps with --eval_every=0,
