@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import __version__
 from .. import format as fmt
+from ..errors import UsageError, UserError
 from ..fileio import NO_SPACE, atomic_write, fsync_dir, sha256_file
 from .preprocess import PARAMS, DecodeError, encode_jpeg, to_rgb_square
 from .sources import Item, LayoutError, detect, read_input
@@ -32,7 +33,7 @@ from .writer import ShardWriter
 WORK = ".work"
 
 
-class OutputError(Exception):
+class OutputError(UserError):
     """OUT cannot be written: it holds something else, or the options changed mid-job."""
 
 
