@@ -93,6 +93,9 @@ def _prepare_out(out: Path, identity: dict, stamp) -> bool:
         # A kill during the final clean-up can leave part of .work (job.json already gone).
         _finish_cleanup(out)
         return True
+    if job.exists() and not _valid_job(json.loads(job.read_text())):
+        # Options that were never valid converted nothing: start afresh instead of blocking.
+        _finish_cleanup(out)
     if job.exists():
         existing = json.loads(job.read_text())
         identity = dict(identity, inputs_stamp=stamp())
@@ -201,6 +204,11 @@ def _finalize(out: Path, layout, identity: dict, shards: dict) -> dict:
                                   "shards": entries}
     skipped = layout.ignored + skipped
     atomic_write(out / fmt.SKIPPED, json.dumps(skipped, indent=1, ensure_ascii=False).encode())
+    for split, info in manifest_splits.items():
+        if info["inputs"] and not info["count"]:
+            # Training or evaluation would fail hours later: not a dataset, never exit 0.
+            raise OutputError(f"{split}: none of its {info['inputs']} inputs could be converted; "
+                              f"reasons in {out / fmt.SKIPPED}; the dataset is not complete")
     atomic_write(out / fmt.STATS, npz_bytes(acc.finalize()))
     stats_entry = {"file": fmt.STATS, "bytes": (out / fmt.STATS).stat().st_size,
                    "sha256": sha256_file(out / fmt.STATS)}
@@ -218,21 +226,47 @@ def _finalize(out: Path, layout, identity: dict, shards: dict) -> dict:
     return manifest
 
 
+def check_options(size, encoding, quality, shard_size, seed) -> None:
+    """UsageError naming the first option that cannot work (the worker count is checked apart:
+    it is not part of the job)."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not whole(size) or size < 1:
+        raise UsageError(f"--size must be a positive integer, got {size!r}")
+    if encoding not in fmt.ENCODINGS:
+        raise UsageError(f"--encoding must be one of {sorted(fmt.ENCODINGS)}, got {encoding!r}")
+    if not whole(quality) or not 1 <= quality <= 100:
+        raise UsageError(f"--quality must be an integer in 1..100, got {quality!r}")
+    if not whole(shard_size) or shard_size < 1:
+        raise UsageError(f"--shard_size must be a positive integer, got {shard_size!r}")
+    if not whole(seed) or seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {seed!r}")
+
+
+def _valid_job(job: dict) -> bool:
+    """Whether an unfinished job's recorded options could ever have worked (older versions
+    claimed OUT before checking them): one that could not has produced nothing to keep."""
+    quality = 90 if job.get("quality") is None else job.get("quality")  # None: raw, not used
+    try:
+        check_options(job.get("size"), job.get("encoding"), quality, job.get("shard_size"), job.get("seed"))
+    except UsageError:
+        return False
+    return True
+
+
 def convert(src, out, size: int = 256, encoding: str = "raw", quality: int = 90,
             workers: int | None = None, shard_size: int = 1024, seed: int = 0,
             progress: bool = True) -> dict:
-    """Convert SRC into a dataset at OUT (resuming an interrupted run); return the manifest."""
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"--size must be a positive integer, got {size!r}")
-    if encoding not in fmt.ENCODINGS:
-        raise ValueError(f"--encoding must be one of {sorted(fmt.ENCODINGS)}, got {encoding!r}")
-    if not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise ValueError(f"--quality must be an integer in 1..100, got {quality!r}")
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"--shard_size must be a positive integer, got {shard_size!r}")
-    workers = workers or os.cpu_count() or 1
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+    """Convert SRC into a dataset at OUT (resuming an interrupted run); return the manifest.
+    Every option is checked before SRC is scanned or OUT touched."""
+    check_options(size, encoding, quality, shard_size, seed)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise UsageError(f"--workers must be a positive integer (default: all cores), got {workers!r}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise OutputError(f"{out}: exists and is a file; OUT is the dataset directory to write")
     src, out = Path(src).resolve(), Path(out).resolve()
     layout = detect(src)
     if "train" not in layout.splits:

@@ -42,6 +42,9 @@ def open_image(data: bytes) -> Image.Image:
                 Image.MAX_IMAGE_PIXELS = limit
     except Image.DecompressionBombError as e:
         raise DecodeError(f"too large: {e}") from None
+    except Image.UnidentifiedImageError:
+        # Its message holds the BytesIO's address: different on every run (skipped.json must not).
+        raise DecodeError("cannot identify image (not an image, or its header is damaged)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DecodeError(f"cannot identify image (not an image, or its header is damaged): {e}") from None
 
