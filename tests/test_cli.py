@@ -1,0 +1,255 @@
+"""The command-line edge (tools/cli.py) of every command: the whole command line is checked before
+any work, unknown flags are named with the closest valid one (exit 2), paths stay paths, --help
+lists every option, and only user-facing errors become one line."""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import UsageError
+from tools import cli
+from tools.cli import Option, parse_args, run_cli
+from tools.synthetic import jpeg_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+PREPARE = [sys.executable, str(ROOT / "tools" / "prepare_imagenet.py")]
+
+
+def run(script: str, *args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or ROOT, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def thousand(tmp_path_factory) -> Path:
+    """A source of 1,000 small JPEGs (10 classes): converting it takes far longer than a second."""
+    root = tmp_path_factory.mktemp("thousand")
+    data = jpeg_bytes(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    for k in range(1000):
+        path = root / "train" / f"class{k % 10}" / f"{k:04d}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+# -- a typo costs nothing -----------------------------------------------------------------------
+
+def test_typo_flag_touches_nothing_and_exits_2_at_once(thousand, tmp_path, capsys):
+    from tools.prepare_imagenet import main
+
+    out = tmp_path / "out"
+    t = time.perf_counter()
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, argv=[str(thousand), str(out), "--sise=32"], prog="prepare_imagenet.py")
+    elapsed = time.perf_counter() - t
+    assert e.value.code == 2 and elapsed < 1.0, elapsed
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown option --sise: did you mean --size?" in err, err
+    assert not out.exists()
+
+
+def test_typo_flag_in_a_real_process(thousand, tmp_path):
+    res = run("tools/prepare_imagenet.py", thousand, tmp_path / "out", "--sise=32")
+    assert res.returncode == 2 and "did you mean --size?" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--seed=abc"], "--seed expects an int, got 'abc'"),
+    (["--size"], "--size needs a value, e.g. --size=256"),
+    (["--size", "--seed=1"], "--size needs a value"),
+    (["--workers=two"], "--workers expects an int or None, got 'two'"),
+    (["--seed=1", "--seed=2"], "--seed is given twice"),
+    (["extra"], "unexpected argument 'extra'"),
+])
+def test_bad_command_lines_name_the_flag(thousand, tmp_path, args, match):
+    res = run("tools/prepare_imagenet.py", thousand, tmp_path / "out", *args)
+    assert res.returncode == 2 and match in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--seed=-1"], "--seed must be a non-negative integer, got -1"),
+    (["--workers=0"], "--workers must be a positive integer"),
+    (["--encoding=png"], "--encoding must be one of"),
+])
+def test_bad_values_name_the_flag_before_out_is_claimed(thousand, tmp_path, args, match):
+    res = run("tools/prepare_imagenet.py", thousand, tmp_path / "out", *args)
+    assert res.returncode == 1 and match in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_argument(tmp_path):
+    res = run("tools/prepare_imagenet.py", tmp_path)
+    assert res.returncode == 2 and "missing OUT" in res.stderr
+
+
+@pytest.mark.parametrize("out_args", [["64"], ["--out=2024"]])
+def test_paths_are_paths(tree, tmp_path, out_args):
+    res = run("tools/prepare_imagenet.py", tree, *out_args, "--size=16", "--workers=1", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    name = out_args[0].removeprefix("--out=")
+    assert (tmp_path / name / "manifest.json").exists()
+    assert res.stdout.strip() == name
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
+OPTIONS = [Option("src", str, required=True), Option("size", int, 256), Option("verify", bool, False),
+           Option("workers", int, None, optional=True), Option("lr", float, 0.01),
+           Option("mean", str, "pixel", choices=("pixel", "channel", "none"))]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["64"], {"src": "64"}),
+    (["--src=2024"], {"src": "2024"}),
+    (["a", "--size", "32"], {"src": "a", "size": 32}),
+    (["a", "--size=-3"], {"src": "a", "size": -3}),
+    (["a", "--verify"], {"src": "a", "verify": True}),
+    (["a", "--noverify"], {"src": "a", "verify": False}),
+    (["a", "--verify=false"], {"src": "a", "verify": False}),
+    (["a", "--workers=None"], {"src": "a", "workers": None}),
+    (["a", "--lr=1e-3"], {"src": "a", "lr": 0.001}),
+    (["--shard-size-typo=1", "a"], None),
+])
+def test_parse_args(argv, expected):
+    if expected is None:
+        with pytest.raises(cli.CommandLineError, match="unknown option --shard_size_typo"):
+            parse_args(OPTIONS, argv)
+    else:
+        assert parse_args(OPTIONS, argv) == expected
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["a", "--mean=pixels"], "--mean must be one of pixel|channel|none, got 'pixels'"),
+    (["a", "--verify=maybe"], "--verify expects a bool"),
+    (["a", "--lr=fast"], "--lr expects a float"),
+    (["a", "--size=1.5"], "--size expects an int"),
+    (["a", "--workres=2"], "did you mean --workers?"),
+    (["a", "--zzz=2"], "valid options: --src, --size"),
+])
+def test_parse_errors(argv, match):
+    with pytest.raises(cli.CommandLineError, match=match.replace("|", "\\|").replace("?", "\\?")):
+        parse_args(OPTIONS, argv)
+
+
+# -- errors: only the user's become one line -----------------------------------------------------
+
+def test_user_errors_are_one_line_bugs_keep_their_traceback(capsys):
+    def user(x: str):
+        """x: anything"""
+        raise UsageError(f"--x is wrong: {x}")
+
+    def bug(x: str):
+        """x: anything"""
+        raise ValueError("an internal invariant broke")
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(user, argv=["7"], prog="t")
+    assert e.value.code == 1 and capsys.readouterr().err == "error: --x is wrong: 7\n"
+    with pytest.raises(ValueError, match="internal invariant"):
+        run_cli(bug, argv=["7"], prog="t")
+    with pytest.raises(SystemExit):
+        run_cli(lambda: open("/nonexistent/file"), argv=[], prog="t")
+    assert "error: [Errno 2] No such file or directory: '/nonexistent/file'" in capsys.readouterr().err
+
+
+def test_error_printed_by_rank_0_only(monkeypatch, capsys):
+    def fail():
+        raise UsageError("bad")
+
+    for rank, expected in (("1", ""), ("0", "error: bad\n")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit):
+            run_cli(fail, argv=[], prog="t")
+        assert capsys.readouterr().err == expected
+
+
+def test_inspect_missing_split_and_wrong_manifest_shape(dataset, tmp_path):
+    res = run("tools/inspect_dataset.py", dataset, "--split=test", "--grid", tmp_path / "g.png")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "--split" in res.stderr and "no split 'test'" in res.stderr and res.stdout == ""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text(json.dumps({"version": 1, "size": 32, "splits": []}))
+    res = run("tools/inspect_dataset.py", bad)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "manifest.json: not the manifest this tool writes" in res.stderr
+    (bad / "manifest.json").write_text("[1, 2]")
+    res = run("tools/inspect_dataset.py", bad)
+    assert res.returncode == 1 and "valid JSON but not a manifest" in res.stderr
+
+
+def test_converter_out_is_a_file(tree, tmp_path):
+    (tmp_path / "out").write_text("precious")
+    res = run("tools/prepare_imagenet.py", tree, tmp_path / "out")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "exists and is a file" in res.stderr
+    assert (tmp_path / "out").read_text() == "precious"
+
+
+def test_ffcv_export_does_not_overwrite(dataset, tmp_path):
+    (tmp_path / "x.beton").write_text("precious")
+    res = run("tools/export_ffcv.py", dataset, tmp_path / "x.beton")
+    assert res.returncode == 1 and "exists; pass --overwrite" in res.stderr, res.stderr
+    assert (tmp_path / "x.beton").read_text() == "precious"
+    res = run("tools/export_ffcv.py", dataset, tmp_path / "y.beton", "--workers=0")
+    assert res.returncode == 1 and "--workers must be a positive integer" in res.stderr
+
+
+# -- --help lists every option with its type, default and meaning ---------------------------------
+
+def _commands():
+    from tools import benchmark, demo, export_ffcv, inspect_dataset, prepare_imagenet
+    from tools.bench.loader import loader
+    from tools.bench.model import model, train, train_options
+
+    return [("tools/prepare_imagenet.py", [], prepare_imagenet.main, []),
+            ("tools/inspect_dataset.py", [], inspect_dataset.main, []),
+            ("tools/export_ffcv.py", [], export_ffcv.main, []),
+            ("tools/demo.py", [], demo.main, []),
+            ("tools/benchmark.py", ["prepare"], benchmark.prepare, []),
+            ("tools/benchmark.py", ["loader"], loader, []),
+            ("tools/benchmark.py", ["model"], model, []),
+            ("tools/benchmark.py", ["train"], train, train_options())]
+
+
+@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_every_option(index, flag):
+    script, sub, fn, extra = _commands()[index]
+    res = run(script, *sub, flag)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    text = res.stdout
+    options = cli.options_of(fn) + extra
+    assert options
+    for opt in options:
+        assert opt.meaning, f"{script} {sub}: {opt.name} has no meaning line in its docstring"
+        line = f"  {opt.flag}  {opt.type_name()}" + ("" if opt.required else f" (default: {opt.default!r})")
+        assert line in text, (opt.name, text)
+        assert opt.meaning in " ".join(text.split()), (opt.name, text)
+    params = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    assert {p.name for p in params} <= {o.name for o in options}
+
+
+def test_benchmark_lists_its_commands():
+    res = run("tools/benchmark.py", "--help")
+    assert res.returncode == 0
+    for sub in ("prepare", "loader", "model", "train"):
+        assert f"  {sub}  " in res.stdout
+    res = run("tools/benchmark.py", "trian")
+    assert res.returncode == 2 and "did you mean train?" in res.stderr
+
+
+def test_benchmark_train_help_lists_trainer_keys_with_enum_values():
+    res = run("tools/benchmark.py", "train", "--help")
+    assert "  --precision  fp32|bf16|fp16 (default: 'fp32')" in res.stdout
+    assert "  --lr_schedule  plateau|step|cosine" in res.stdout
