@@ -253,3 +253,54 @@ def test_benchmark_train_help_lists_trainer_keys_with_enum_values():
     res = run("tools/benchmark.py", "train", "--help")
     assert "  --precision  fp32|bf16|fp16 (default: 'fp32')" in res.stdout
     assert "  --lr_schedule  plateau|step|cosine" in res.stdout
+
+
+# -- the trainer's config and curves (trainer/config.py, trainer/metrics.py) ----------------------
+
+def test_yaml_exponent_without_a_dot_is_a_float(tmp_path):
+    from trainer.config import make_config
+
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nweight_decay: 5E-4\nmomentum: .9\n")
+    cfg = make_config(str(tmp_path / "c.yaml"), data="d")
+    assert (cfg.lr, cfg.weight_decay, cfg.momentum) == (0.001, 0.0005, 0.9)
+    (tmp_path / "c.yaml").write_text("lr: fast\n")
+    with pytest.raises(ValueError, match="lr must be float, got 'fast'"):
+        make_config(str(tmp_path / "c.yaml"), data="d")
+
+
+def test_unknown_key_says_where_it_came_from(tmp_path):
+    from trainer.config import make_config
+
+    (tmp_path / "c.yaml").write_text("lr: 0.1\n")
+    with pytest.raises(ValueError, match=r"\['lr_schedul'\] on the command line; did you mean 'lr_schedule'"):
+        make_config(str(tmp_path / "c.yaml"), data="d", lr_schedul="step")
+    (tmp_path / "c.yaml").write_text("learning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"\['learning_rate'\] in .*c.yaml"):
+        make_config(str(tmp_path / "c.yaml"), data="d", lr=0.1)
+
+
+def test_every_config_key_has_a_group_and_a_meaning():
+    from dataclasses import fields
+
+    from trainer.config import CHOICES, HELP, Config, cli_options
+
+    grouped = [k for keys in HELP.values() for k in keys]
+    assert sorted(grouped) == sorted(f.name for f in fields(Config)) and len(set(grouped)) == len(grouped)
+    assert list(HELP) == ["data", "model", "optimisation", "schedule", "precision", "checkpoints", "logging"]
+    by_name = {o.name: o for o in cli_options()}
+    assert all(by_name[k].choices == v for k, v in CHOICES.items())
+
+
+def test_curves_have_labelled_axes_and_whole_epoch_ticks():
+    from trainer.metrics import figure
+
+    rows = [{"kind": "step", "step": s, "epoch": s // 10, "loss": 5 - s / 20} for s in range(1, 31)]
+    rows += [{"kind": "epoch", "epoch": e, "val_loss": 4 - e, "val_top1": 0.1 * e, "val_top5": 0.2 * e,
+              "val_top1_10crop": None} for e in range(3)]
+    fig = figure(rows)
+    a, b = fig.axes
+    assert (a.get_xlabel(), b.get_xlabel()) == ("step", "epoch")
+    assert a.get_ylabel() and b.get_ylabel()
+    fig.canvas.draw()
+    ticks = [t for t in b.get_xticks() if b.get_xlim()[0] <= t <= b.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -45,37 +45,52 @@ class Metrics:
         """curves.png: train loss per step, val loss and top-1/top-5 per epoch."""
         if not self.enabled:
             return
-        import matplotlib
-        matplotlib.use("Agg")
+        fig = figure(self.rows)  # selects the Agg backend before pyplot is imported here
         import matplotlib.pyplot as plt
 
-        steps = [r for r in self.rows if r["kind"] == "step"]
-        epochs = [r for r in self.rows if r["kind"] == "epoch"]
-        end_step = {}  # an epoch row sits at the last logged step of its epoch
-        for r in steps:
-            end_step[r["epoch"]] = max(end_step.get(r["epoch"], 0), r["step"])
-        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-        a.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss (step)")
-        ev = [r for r in epochs if r.get("val_loss") is not None]
-        placed = [r for r in ev if r["epoch"] in end_step]
-        if placed:
-            a.plot([end_step[r["epoch"]] for r in placed], [r["val_loss"] for r in placed], "r.-",
-                   label="val loss (epoch end)")
-        for key in ("val_top1", "val_top5", "val_top1_10crop"):
-            pts = [(r["epoch"], r[key]) for r in ev if r.get(key) is not None]
-            if pts:
-                b.plot(*zip(*pts), ".-", label=key)
-        a.set_xlabel("step")
-        a.legend(loc="upper right")
-        b.set_xlabel("epoch")
-        b.set_ylabel("accuracy")
-        b.set_ylim(0, 1)
-        if b.get_legend_handles_labels()[0]:
-            b.legend()
-        fig.tight_layout()
         fig.savefig(path, dpi=90)
         plt.close(fig)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def figure(rows: list[dict]):
+    """The curves of metrics rows: loss against steps (val loss at each epoch's last logged step),
+    accuracy against whole epochs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    steps = [r for r in rows if r["kind"] == "step"]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    end_step = {}  # an epoch row sits at the last logged step of its epoch
+    for r in steps:
+        end_step[r["epoch"]] = max(end_step.get(r["epoch"], 0), r["step"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss (step)")
+    ev = [r for r in epochs if r.get("val_loss") is not None]
+    placed = [r for r in ev if r["epoch"] in end_step]
+    if placed:
+        a.plot([end_step[r["epoch"]] for r in placed], [r["val_loss"] for r in placed], "r.-",
+               label="val loss (epoch end)")
+    for key in ("val_top1", "val_top5", "val_top1_10crop"):
+        pts = [(r["epoch"], r[key]) for r in ev if r.get(key) is not None]
+        if pts:
+            b.plot(*zip(*pts), ".-", label=key)
+    a.set_title("loss")
+    a.set_xlabel("step")
+    a.set_ylabel("cross-entropy loss")
+    if a.get_legend_handles_labels()[0]:
+        a.legend(loc="upper right")
+    b.set_title("validation accuracy")
+    b.set_xlabel("epoch")
+    b.set_ylabel("accuracy (fraction correct)")
+    b.set_ylim(0, 1)
+    b.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 0.5 ticks
+    if b.get_legend_handles_labels()[0]:
+        b.legend()
+    fig.tight_layout()
+    return fig
