@@ -308,3 +308,26 @@ def test_a_split_none_of_whose_inputs_convert_is_an_error(tree, tmp_path):
     with pytest.raises(OutputError, match="val: none of its 8 inputs could be converted"):
         convert(src, tmp_path / "out", size=32, workers=1, progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_second_conversion_into_the_same_out_refuses_at_once(tree, tmp_path, monkeypatch):
+    """While one conversion runs (held here inside its first decode), another process started
+    on the same OUT refuses at once; the first then finishes normally."""
+    out = tmp_path / "out"
+    results = {}
+    real = convert_mod.to_rgb_square
+
+    def second_conversion_meanwhile(*a, **k):
+        if not results:
+            results["second"] = subprocess.run(
+                [sys.executable, str(ROOT / "tools" / "prepare_imagenet.py"), str(tree), str(out),
+                 "--size=32", "--shard_size=5", "--workers=1"], capture_output=True, text=True, timeout=120)
+        return real(*a, **k)
+
+    monkeypatch.setattr(convert_mod, "to_rgb_square", second_conversion_meanwhile)
+    convert(tree, out, size=32, shard_size=5, workers=1, progress=False)
+    second = results["second"]
+    assert second.returncode == 1 and "another conversion is writing it right now" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    pipeline.open_dataset(out, verify=True)
+    assert not (out / ".work").exists()

@@ -10,6 +10,8 @@ stats.npz, skipped.json and finally manifest.json are written; .work is then rem
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -94,8 +96,9 @@ def _prepare_out(out: Path, identity: dict, stamp) -> bool:
         _finish_cleanup(out)
         return True
     if job.exists() and not _valid_job(json.loads(job.read_text())):
-        # Options that were never valid converted nothing: start afresh instead of blocking.
-        _finish_cleanup(out)
+        # Options that were never valid converted nothing: start afresh instead of blocking
+        # (.work itself stays: it holds our lock).
+        job.unlink()
     if job.exists():
         existing = json.loads(job.read_text())
         identity = dict(identity, inputs_stamp=stamp())
@@ -117,6 +120,29 @@ def _prepare_out(out: Path, identity: dict, stamp) -> bool:
     (out / WORK).mkdir(parents=True, exist_ok=True)
     atomic_write(job, json.dumps(dict(identity, inputs_stamp=stamp()), indent=1, sort_keys=True).encode())
     return False
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Refuse at once when another conversion is writing OUT (a POSIX lock on .work/lock, held by
+    this process only: forked workers do not inherit it, and a killed job's lock dies with it).
+    A complete dataset, or a directory _prepare_out will refuse, is left untouched and unlocked.
+    Under torchrun (WORLD_SIZE > 1) every rank writes OUT by design: the ranks coordinate."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (out / fmt.MANIFEST).exists() or \
+            (out.is_dir() and not (out / WORK).exists() and any(out.iterdir())):
+        yield
+        return
+    (out / WORK).mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / WORK / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputError(f"{out}: another conversion is writing it right now; wait for it to "
+                              f"finish (then run this command again), or choose another OUT") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _finish_cleanup(out: Path) -> None:
@@ -273,7 +299,8 @@ def convert(src, out, size: int = 256, encoding: str = "raw", quality: int = 90,
         raise OutputError(f"{src}: no train split found (statistics come from train)")
     identity = job_identity(layout, size, encoding, quality, shard_size, seed)
     try:
-        return _convert(src, out, layout, identity, workers, progress)
+        with _exclusive(out):
+            return _convert(src, out, layout, identity, workers, progress)
     except OSError as e:
         if e.errno not in NO_SPACE:
             raise
