@@ -2,6 +2,7 @@
 interruption at any point, and refusing to overwrite another dataset."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -331,3 +332,23 @@ def test_a_second_conversion_into_the_same_out_refuses_at_once(tree, tmp_path, m
     assert "Traceback" not in second.stderr
     pipeline.open_dataset(out, verify=True)
     assert not (out / ".work").exists()
+
+
+def test_truncated_jpegs_are_converted_and_listed_with_what_was_missing(tmp_path, capsys):
+    from tools.synthetic import photo
+    rng = np.random.default_rng(3)
+    src = tmp_path / "src"
+    whole = encode(Image.fromarray(photo(rng, 200, 160, 0, 2)), "JPEG")
+    for cls in ("a", "b"):
+        (src / "train" / cls).mkdir(parents=True)
+        (src / "train" / cls / "whole.jpg").write_bytes(whole)
+    (src / "train" / "b" / "cut.jpg").write_bytes(whole[:len(whole) * 6 // 10])
+    manifest = convert(src, tmp_path / "out", size=32, workers=1, progress=False)
+    assert manifest["splits"]["train"]["count"] == 3  # converted, not skipped
+    [entry] = manifest["splits"]["train"]["truncated"]
+    assert entry["source"] == "train/b/cut.jpg"
+    # The bottom 40 % of a baseline JPEG is lost: the decoder fills those rows grey.
+    rows, of = map(int, re.search(r"(\d+) of (\d+) rows", entry["missing"]).groups())
+    assert 0.3 < rows / of < 0.5, entry["missing"]
+    assert "train/b/cut.jpg: data ends early" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "skipped.json").read_text()) == []

@@ -162,21 +162,24 @@ def convert_shard(task) -> tuple[str, int, int]:
     src, out, split, k, items, size, encoding, quality = task
     writer = ShardWriter(out / split / fmt.shard_name(k), len(items), size, encoding)
     acc = Accumulator(size) if split == "train" else None
-    skipped = []
+    skipped, truncated = [], []
     try:
         for item in items:
+            notes = []  # what a truncated input lost (it is still converted)
             try:
-                img = to_rgb_square(read_input(src, item.locator), size)
+                img = to_rgb_square(read_input(src, item.locator), size, notes)
             except (DecodeError, OSError, LayoutError, ValueError, IndexError) as e:
                 # One unreadable input (or one that changed under us) is skipped, not fatal.
                 reason = str(e) if isinstance(e, (DecodeError, LayoutError)) else f"{type(e).__name__}: {e}"
                 skipped.append({"split": split, "source": item.source, "reason": reason})
                 continue
+            truncated += [{"source": item.source, "missing": note} for note in notes]
             if acc is not None:
                 acc.add(img)  # statistics of the stored pixels, before any JPEG re-encoding
             writer.add(encode_jpeg(img, quality) if encoding == "jpeg" else img, item.label, item.source)
         state = acc.state() if acc is not None else {}
         state["skipped"] = _json_array(skipped)
+        state["truncated"] = _json_array(truncated)
         state["entry"] = _json_array(writer.finish())
         atomic_write(_partial_path(out, split, k), npz_bytes(state))  # before the shard counts as done
         writer.publish()
@@ -216,10 +219,12 @@ def _finalize(out: Path, layout, identity: dict, shards: dict) -> dict:
     manifest_splits, skipped = {}, []
     acc = Accumulator(identity["size"])
     for split, chunks in shards.items():
-        entries = []
+        entries, truncated = [], []
         for k in range(len(chunks)):
             with np.load(_partial_path(out, split, k)) as part:
                 skipped += json.loads(part["skipped"].tobytes())
+                if "truncated" in part.files:  # absent in partials of earlier versions
+                    truncated += json.loads(part["truncated"].tobytes())
                 entry = json.loads(part["entry"].tobytes())
                 if split == "train":
                     acc.merge(Accumulator.from_state(part))
@@ -227,7 +232,7 @@ def _finalize(out: Path, layout, identity: dict, shards: dict) -> dict:
         manifest_splits[split] = {"count": sum(e["count"] for e in entries),
                                   "inputs": sum(len(c) for c in chunks),
                                   "skipped": sum(len(c) for c in chunks) - sum(e["count"] for e in entries),
-                                  "shards": entries}
+                                  "truncated": truncated, "shards": entries}
     skipped = layout.ignored + skipped
     atomic_write(out / fmt.SKIPPED, json.dumps(skipped, indent=1, ensure_ascii=False).encode())
     for split, info in manifest_splits.items():
@@ -340,6 +345,12 @@ def report(out: Path, manifest: dict) -> None:
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['count']} images in {len(info['shards'])} shards"
               f" ({info['skipped']} skipped)", file=sys.stderr)
+    truncated = [t for info in manifest["splits"].values() for t in info.get("truncated", ())]
+    if truncated:
+        print(f"{len(truncated)} inputs end early and were decoded as far as they go (listed under "
+              f"\"truncated\" in {out / fmt.MANIFEST}):", file=sys.stderr)
+        for t in truncated[:10]:
+            print(f"  {t['source']}: {t['missing']}", file=sys.stderr)
     if skipped:
         print(f"{len(skipped)} inputs not converted (listed in {out / fmt.SKIPPED}):", file=sys.stderr)
         for s in skipped[:10]:
