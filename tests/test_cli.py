@@ -163,15 +163,39 @@ def test_user_errors_are_one_line_bugs_keep_their_traceback(capsys):
     assert "error: [Errno 2] No such file or directory: '/nonexistent/file'" in capsys.readouterr().err
 
 
-def test_error_printed_by_rank_0_only(monkeypatch, capsys):
+def test_error_printed_by_rank_0_only(monkeypatch, capsys, tmp_path):
     def fail():
         raise UsageError("bad")
 
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
     for rank, expected in (("1", ""), ("0", "error: bad\n")):
         monkeypatch.setenv("RANK", rank)
         with pytest.raises(SystemExit):
             run_cli(fail, argv=[], prog="t")
         assert capsys.readouterr().err == expected
+    # Under torchrun: into the rank's error file, which torchrun prints last (another rank waits
+    # first, so that when rank 0 fails too, torchrun stops it before it repeats the message).
+    monkeypatch.setattr(cli, "OTHER_RANK_DELAY_S", 0.0)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / f"error{rank}.json"))
+        with pytest.raises(SystemExit):
+            run_cli(fail, argv=[], prog="t")
+        assert capsys.readouterr().err == ""
+        assert json.loads((tmp_path / f"error{rank}.json").read_text())["message"] == "error: bad"
+
+
+def test_config_error_under_torchrun_is_printed_once_and_last(tmp_path):
+    """Two ranks fail alike: the message appears once, on torchrun's last line."""
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "trainer" / "main.py"), f"--data={tmp_path}", "--mp=3",
+                          f"--out={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode != 0
+    text = res.stdout + res.stderr
+    assert text.count("mp must be 1 or 2, got 3") == 1, text
+    last = [line for line in res.stderr.splitlines() if line.strip() and set(line.strip()) != {"="}][-1]
+    assert last.strip().endswith("error: mp must be 1 or 2, got 3"), res.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
 
 
 def test_inspect_missing_split_and_wrong_manifest_shape(dataset, tmp_path):
@@ -211,6 +235,8 @@ def _commands():
     from tools import benchmark, demo, export_ffcv, inspect_dataset, prepare_imagenet
     from tools.bench.loader import loader
     from tools.bench.model import model, train, train_options
+    from trainer.config import cli_options
+    from trainer.main import main as trainer_main
 
     return [("tools/prepare_imagenet.py", [], prepare_imagenet.main, []),
             ("tools/inspect_dataset.py", [], inspect_dataset.main, []),
@@ -219,10 +245,11 @@ def _commands():
             ("tools/benchmark.py", ["prepare"], benchmark.prepare, []),
             ("tools/benchmark.py", ["loader"], loader, []),
             ("tools/benchmark.py", ["model"], model, []),
-            ("tools/benchmark.py", ["train"], train, train_options())]
+            ("tools/benchmark.py", ["train"], train, train_options()),
+            ("trainer/main.py", [], trainer_main, cli_options())]
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(9))
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_lists_every_option(index, flag):
     script, sub, fn, extra = _commands()[index]
@@ -304,3 +331,18 @@ def test_curves_have_labelled_axes_and_whole_epoch_ticks():
     fig.canvas.draw()
     ticks = [t for t in b.get_xticks() if b.get_xlim()[0] <= t <= b.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_trainer_help_groups_every_config_key():
+    from dataclasses import fields
+
+    from trainer.config import HELP, Config
+
+    res = run("trainer/main.py", "--help")
+    assert res.returncode == 0 and "unknown config keys" not in res.stdout + res.stderr
+    headings = [line[:-1] for line in res.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["options", *HELP], headings
+    for f in fields(Config):
+        assert f"  --{f.name}  " in res.stdout, f.name
+    assert "  --mean  pixel|channel|none (default: 'pixel')" in res.stdout
+    assert "  --device  auto|cpu|cuda (default: 'auto')" in res.stdout

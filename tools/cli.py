@@ -17,15 +17,18 @@ from __future__ import annotations
 import difflib
 import errno
 import inspect
+import json
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 USAGE_EXIT = 2  # bad command line: nothing was done
 ERROR_EXIT = 1  # a user-facing error while working
 INTERRUPT_EXIT = 130
+OTHER_RANK_DELAY_S = 3.0  # see _print_error
 TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 # OSErrors whose message (with the file name) tells the user what to fix.
 USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
@@ -222,8 +225,23 @@ def is_user_error(e: BaseException) -> bool:
 
 
 def _print_error(message: str) -> None:
-    """Once per job: under torchrun only global rank 0 prints (every rank fails alike)."""
-    if os.environ.get("RANK", "0") == "0":
+    """Once per job, and last. Under torchrun every rank usually fails alike, and torchrun prints
+    its own failure summary after the ranks exit: the message goes into torchrun's error file,
+    which puts it on that summary's last line ("Root Cause ... traceback"). Global rank 0 reports
+    at once; another rank waits a moment first: if rank 0 failed too, torchrun stops this rank
+    meanwhile (the message is not repeated per rank), else its own error is reported."""
+    rank, error_file = os.environ.get("RANK"), os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file and rank is not None:
+        if rank != "0":
+            time.sleep(OTHER_RANK_DELAY_S)
+        try:
+            # A str message is shown as is; the timestamp makes the first reporter the root cause.
+            Path(error_file).write_text(json.dumps({"message": f"error: {message}",
+                                                    "timestamp": int(time.time())}))
+            return
+        except OSError:
+            pass  # no error file after all: print
+    if rank in (None, "0"):
         print(f"error: {message}", file=sys.stderr, flush=True)
 
 

@@ -68,6 +68,8 @@ class Config:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if not self.data:
             raise ConfigError("data is required: a dataset directory from tools/prepare_imagenet.py")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ConfigError(f"out: {self.out} exists and is a file; out is the run directory")
         if self.mp not in (1, 2):
             raise ConfigError(f"mp must be 1 or 2, got {self.mp}")
         from .models import SPLITTABLE, names
@@ -148,13 +150,12 @@ HELP = {
 
 
 def cli_options() -> list:
-    """``--config`` and every config key as a command-line option (tools/cli.py), grouped."""
+    """Every config key as a command-line option (tools/cli.py), grouped as in HELP."""
     from tools.cli import Option
 
     types = {"int": int, "float": float, "str": str, "bool": bool}
     by_name = {f.name: f for f in fields(Config)}
-    options = [Option("config", str, None, optional=True, group="config",
-                      meaning="YAML file of key: value defaults; --key=value on the command line overrides")]
+    options = []
     placed = [(group, name, meaning) for group, keys in HELP.items() for name, meaning in keys.items()
               if name in by_name]
     placed += [("other", name, "") for name in by_name if not any(name == p[1] for p in placed)]

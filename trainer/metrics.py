@@ -3,6 +3,7 @@ Written by global rank 0 only; on resume, rows past the checkpoint are dropped f
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 
@@ -94,3 +95,33 @@ def figure(rows: list[dict]):
         b.legend()
     fig.tight_layout()
     return fig
+
+
+def duration(seconds: float) -> str:
+    """12s, 4m05s, 3h07m: an ETA at a glance."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def progress(k: int, per_epoch: int, step: int, total: int, seconds_per_step: float) -> str:
+    """'step k/N of the epoch' and the ETAs of the epoch's end and the run's, at the current rate."""
+    return (f"step {k}/{per_epoch} (global {step}/{total}) "
+            f"ETA epoch {duration((per_epoch - k) * seconds_per_step)}, "
+            f"run {duration((total - step) * seconds_per_step)}")
+
+
+def with_progress(batches, enabled: bool, what: str, lines: int = 10):
+    """Yield ``batches``, printing 'what: batch k/N' about ``lines`` times on the way (evaluation
+    of a large val split takes minutes: show that it moves)."""
+    n = len(batches)
+    every = max(1, -(-n // lines))
+    t = time.perf_counter()
+    for k, batch in enumerate(batches, start=1):
+        yield batch
+        if enabled and (k % every == 0 or k == n):
+            rate = k / max(time.perf_counter() - t, 1e-9)
+            print(f"{what}: batch {k}/{n}, ETA {duration((n - k) / rate)}", flush=True)

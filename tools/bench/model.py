@@ -167,9 +167,9 @@ def model(model: str | None = None, batch_size: int | None = None, crop: int | N
 
 def train_options() -> list:
     """The trainer's config keys, accepted by ``train`` as overrides (the CLI checks them)."""
-    from trainer.config import cli_options
-
     import inspect
+
+    from trainer.config import cli_options
 
     own = set(inspect.signature(train).parameters)  # --data, --log_every: train's own meaning
     return [opt for opt in cli_options() if opt.name not in own]
