@@ -346,3 +346,34 @@ def test_trainer_help_groups_every_config_key():
         assert f"  --{f.name}  " in res.stdout, f.name
     assert "  --mean  pixel|channel|none (default: 'pixel')" in res.stdout
     assert "  --device  auto|cpu|cuda (default: 'auto')" in res.stdout
+
+
+def test_progress_text_and_eta():
+    from trainer.metrics import duration, progress
+
+    assert [duration(s) for s in (0, 59.4, 61, 3600 * 3 + 7 * 60 + 5)] == ["0s", "59s", "1m01s", "3h07m"]
+    # 0.5 s a step: 7 steps to the epoch's end (3.5 s), 100 - 23 = 77 to the run's (38.5 s)
+    assert progress(3, 10, 23, 100, 0.5) == "step 3/10 (global 23/100) ETA epoch 4s, run 38s"
+
+
+def test_evaluation_progress_lines(capsys):
+    from trainer.metrics import with_progress
+
+    assert list(with_progress(list(range(25)), True, "eval one-crop", lines=5)) == list(range(25))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"eval one-crop: batch {k}/25" for k in (5, 10, 15, 20, 25)]
+    assert all("ETA" in line for line in lines)
+    list(with_progress(list(range(3)), False, "eval"))
+    assert capsys.readouterr().out == ""
+
+
+def test_trainer_log_shows_progress_eta_and_evaluation(dataset, tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "trainer" / "main.py"),
+                          f"--config={ROOT / 'configs' / 'tiny_cpu.yaml'}", f"--data={dataset}",
+                          f"--out={tmp_path / 'run'}", "--batch_size=8", "--epochs=1", "--log_every=1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    steps = len(__import__("pipeline").open_dataset(dataset)["train"]) // 8
+    assert f"epoch 0 step 1/{steps} (global 1/{steps}) ETA epoch " in res.stdout, res.stdout
+    assert f"epoch 0 step {steps}/{steps} (global {steps}/{steps}) ETA epoch 0s, run 0s" in res.stdout
+    assert "img/s" in res.stdout and "eval one-crop: batch 1/1" in res.stdout, res.stdout

@@ -154,8 +154,9 @@ def train(cfg, out: Path, d):
                 metrics.log({"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
                              "img_per_s": log_images / (t - t_log),
                              "data_wait_frac": wait / max(t - t_epoch, 1e-9)})
-                log(d, f"epoch {epoch} " + progress(train_loader.state_dict()["step"], steps_per_epoch, step,
-                                                    total_steps, (t - t_log) * cfg.batch_size / log_images) +
+                k = (train_loader.state_dict()["step"] - 1) % steps_per_epoch + 1  # 0 after the last batch
+                log(d, f"epoch {epoch} " + progress(k, steps_per_epoch, step, total_steps,
+                                                    (t - t_log) * cfg.batch_size / log_images) +
                     f": loss {mean_loss:.4f} lr {lr:.5f} {log_images / (t - t_log):.0f} img/s")
                 loss_sum.zero_()
                 t_log, log_images = t, 0
