@@ -232,7 +232,7 @@ def test_ffcv_export_does_not_overwrite(dataset, tmp_path):
 # -- --help lists every option with its type, default and meaning ---------------------------------
 
 def _commands():
-    from tools import benchmark, demo, export_ffcv, inspect_dataset, prepare_imagenet
+    from tools import benchmark, demo, evaluate, export_ffcv, inspect_dataset, prepare_imagenet
     from tools.bench.loader import loader
     from tools.bench.model import model, train, train_options
     from trainer.config import cli_options
@@ -246,10 +246,11 @@ def _commands():
             ("tools/benchmark.py", ["loader"], loader, []),
             ("tools/benchmark.py", ["model"], model, []),
             ("tools/benchmark.py", ["train"], train, train_options()),
-            ("trainer/main.py", [], trainer_main, cli_options())]
+            ("trainer/main.py", [], trainer_main, cli_options()),
+            ("tools/evaluate.py", [], evaluate.main, [])]
 
 
-@pytest.mark.parametrize("index", range(9))
+@pytest.mark.parametrize("index", range(10))
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_lists_every_option(index, flag):
     script, sub, fn, extra = _commands()[index]
@@ -377,3 +378,57 @@ def test_trainer_log_shows_progress_eta_and_evaluation(dataset, tmp_path):
     assert f"epoch 0 step 1/{steps} (global 1/{steps}) ETA epoch " in res.stdout, res.stdout
     assert f"epoch 0 step {steps}/{steps} (global {steps}/{steps}) ETA epoch 0s, run 0s" in res.stdout
     assert "img/s" in res.stdout and "eval one-crop: batch 1/1" in res.stdout, res.stdout
+
+
+# -- tools/evaluate.py: a finished checkpoint on a dataset's val split ----------------------------
+
+def test_evaluate_a_checkpoint_one_crop_and_ten_crop(dataset, tmp_path):
+    """The run's own evaluation of epoch 0 (in metrics.jsonl) is what the command gives for the
+    epoch-0 checkpoint; the one-crop figures also against a plain torch forward pass over the
+    stored val images (centre crop minus the mean image's centre crop, by hand)."""
+    import torch
+    import torch.nn.functional as F
+
+    import pipeline
+    from trainer.models import build_model
+
+    run_dir = tmp_path / "run"
+    res = subprocess.run([sys.executable, str(ROOT / "trainer" / "main.py"),
+                          f"--config={ROOT / 'configs' / 'tiny_cpu.yaml'}", f"--data={dataset}",
+                          f"--out={run_dir}", "--batch_size=8", "--epochs=1", "--ten_crop_eval=True"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = run_dir / "checkpoints" / "epoch000.pt"
+    res = run("tools/evaluate.py", ckpt, "--batch_size=3", f"--json={tmp_path / 'eval.json'}", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads((tmp_path / "eval.json").read_text())
+    [row] = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+             if r["kind"] == "epoch"]
+    assert got["images"] == 8 and "one-crop  val (8 images)" in res.stdout and "ten-crop" in res.stdout
+    assert got["one_crop"]["top1"] == row["val_top1"] and got["one_crop"]["top5"] == row["val_top5"]
+    assert got["ten_crop"]["top1"] == row["val_top1_10crop"]
+    np.testing.assert_allclose(got["one_crop"]["loss"], row["val_loss"], rtol=1e-5)
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    ds = pipeline.open_dataset(dataset)
+    model = build_model(cfg["model"], len(ds.classes), cfg["crop"], dropout=0.0)
+    model.load_state_dict(state["model"])
+    model.eval()
+    c, s = cfg["crop"], ds.size
+    o = (s - c) // 2
+    mean = ds.stats["mean_image"][o:o + c, o:o + c].astype(np.float32)
+    images = np.stack([ds["val"][i][0][o:o + c, o:o + c].astype(np.float32) - mean for i in range(8)])
+    labels = torch.tensor([ds["val"][i][1] for i in range(8)])
+    with torch.no_grad():
+        scores = model(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    np.testing.assert_allclose(got["one_crop"]["loss"], F.cross_entropy(scores, labels).item(), rtol=1e-4)
+    assert got["one_crop"]["top1"] == (scores.argmax(1) == labels).float().mean().item()
+
+
+def test_evaluate_refuses_what_is_not_a_checkpoint(dataset, tmp_path):
+    (tmp_path / "x.pt").write_text("not a checkpoint")
+    res = run("tools/evaluate.py", tmp_path / "x.pt", f"--data={dataset}")
+    assert res.returncode == 1 and "not a readable checkpoint" in res.stderr and "Traceback" not in res.stderr
+    res = run("tools/evaluate.py", tmp_path / "nope.pt", "--one_crop=False", "--ten_crop=False")
+    assert res.returncode == 1 and "nothing to evaluate" in res.stderr
