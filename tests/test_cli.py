@@ -432,3 +432,20 @@ def test_evaluate_refuses_what_is_not_a_checkpoint(dataset, tmp_path):
     assert res.returncode == 1 and "not a readable checkpoint" in res.stderr and "Traceback" not in res.stderr
     res = run("tools/evaluate.py", tmp_path / "nope.pt", "--one_crop=False", "--ten_crop=False")
     assert res.returncode == 1 and "nothing to evaluate" in res.stderr
+
+
+def test_trainer_out_that_is_a_file(dataset, tmp_path):
+    (tmp_path / "run").write_text("precious")
+    res = run("trainer/main.py", f"--config={ROOT / 'configs' / 'tiny_cpu.yaml'}", f"--data={dataset}",
+              f"--out={tmp_path / 'run'}")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "exists and is a file" in res.stderr and (tmp_path / "run").read_text() == "precious"
+
+
+def test_ffcv_export_overwrites_only_when_asked(dataset, tmp_path):
+    pytest.importorskip("ffcv")
+    from tools.export_ffcv import export_beton
+
+    (tmp_path / "x.beton").write_text("old")
+    export_beton(dataset, "val", tmp_path / "x.beton", num_workers=1, overwrite=True)
+    assert (tmp_path / "x.beton").stat().st_size > 100

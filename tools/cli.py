@@ -253,7 +253,7 @@ def run_cli(command, known: tuple = (), argv: list[str] | None = None, prog: str
     import fire
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = prog or Path(sys.argv[0]).name
+    prog = prog or (sys.argv[0] if not os.path.isabs(sys.argv[0]) else Path(sys.argv[0]).name)
     extra = extra or {}
     try:
         name = ""
