@@ -1,11 +1,11 @@
 """The command-line edge (tools/cli.py) of every command: the whole command line is checked before
 any work, unknown flags are named with the closest valid one (exit 2), paths stay paths, --help
-lists every option, and only user-facing errors become one line."""
+lists every option, and only user-facing errors become one line (once under torchrun). Also what a
+user sees of the trainer (config parsing, log progress, curves) and tools/evaluate.py."""
 from __future__ import annotations
 
 import inspect
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +20,6 @@ from tools.cli import Option, parse_args, run_cli
 from tools.synthetic import jpeg_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-PREPARE = [sys.executable, str(ROOT / "tools" / "prepare_imagenet.py")]
 
 
 def run(script: str, *args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
