@@ -193,6 +193,15 @@ def help_text(prog: str, fn, options: list[Option]) -> str:
     return "\n".join(lines)
 
 
+def _print_help(text: str) -> None:
+    """Print and exit 0, also when piped into a pager or `head` that stops reading early."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    sys.exit(0)
+
+
 def _subcommand(commands: dict, argv: list[str], prog: str):
     if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, commands))
@@ -201,8 +210,7 @@ def _subcommand(commands: dict, argv: list[str], prog: str):
         text = f"usage: {prog} COMMAND [options]   ({prog} COMMAND --help for its options)\n\n{listing}"
         if not argv:
             raise CommandLineError(f"missing COMMAND\n{text}")
-        print(text)
-        sys.exit(0)
+        _print_help(text)
     name = argv[0]
     if name not in commands:
         close = difflib.get_close_matches(name, list(commands), n=1, cutoff=0.5)
@@ -264,8 +272,7 @@ def run_cli(command, known: tuple = (), argv: list[str] | None = None, prog: str
             fn = command
         options = options_of(fn) + list(extra.get(name, ()))
         if "-h" in argv or "--help" in argv:
-            print(help_text(prog, fn, options))
-            sys.exit(0)
+            _print_help(help_text(prog, fn, options))
         values = parse_args(options, argv)
     except CommandLineError as e:
         _print_error(f"{e} (see {prog} --help)")
