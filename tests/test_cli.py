@@ -329,8 +329,11 @@ def test_curves_have_labelled_axes_and_whole_epoch_ticks():
     assert (a.get_xlabel(), b.get_xlabel()) == ("step", "epoch")
     assert a.get_ylabel() and b.get_ylabel()
     fig.canvas.draw()
-    ticks = [t for t in b.get_xticks() if b.get_xlim()[0] <= t <= b.get_xlim()[1]]
-    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    for axes in (a, b):  # steps and epochs are whole
+        ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    one = figure(rows[3:4]).axes[0]  # a single logged step is still visible
+    assert one.lines[0].get_marker() == "o"
 
 
 def test_trainer_help_groups_every_config_key():

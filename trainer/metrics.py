@@ -71,7 +71,8 @@ def figure(rows: list[dict]):
     for r in steps:
         end_step[r["epoch"]] = max(end_step.get(r["epoch"], 0), r["step"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss (step)")
+    a.plot([r["step"] for r in steps], [r["loss"] for r in steps], "-" if len(steps) > 1 else "o",
+           label="train loss (step)")  # one logged step: a dot, not an invisible line
     ev = [r for r in epochs if r.get("val_loss") is not None]
     placed = [r for r in ev if r["epoch"] in end_step]
     if placed:
@@ -84,6 +85,7 @@ def figure(rows: list[dict]):
     a.set_title("loss")
     a.set_xlabel("step")
     a.set_ylabel("cross-entropy loss")
+    a.xaxis.set_major_locator(MaxNLocator(integer=True))
     if a.get_legend_handles_labels()[0]:
         a.legend(loc="upper right")
     b.set_title("validation accuracy")
