@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import UserError
+
 MAGIC = b"ALXSHRD\x00"
 VERSION = 1
 SHARD_SUFFIX = ".shard"
@@ -57,7 +59,7 @@ LABEL_DTYPE = np.dtype("<i4")
 INDEX_DTYPE = np.dtype("<u8")
 
 
-class FormatError(Exception):
+class FormatError(UserError):
     """A dataset file is missing, truncated, corrupted or from another format version.
 
     The message always names the file."""

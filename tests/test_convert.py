@@ -2,6 +2,7 @@
 interruption at any point, and refusing to overwrite another dataset."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -239,3 +240,115 @@ def test_resume_refused_when_inputs_changed_in_between(tree, tmp_path, monkeypat
     os.utime(victim, ns=(1, 1))
     with pytest.raises(OutputError, match="input files changed"):
         convert(src, out, size=32, shard_size=5, workers=1, progress=False)
+
+
+# -- checks before any work, and odd trees (issue 12) ---------------------------------------------
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"seed": -1}, "--seed must be a non-negative integer, got -1"),
+    ({"seed": "abc"}, "--seed must be a non-negative integer, got 'abc'"),
+    ({"workers": 0}, "--workers must be a positive integer"),
+    ({"size": True}, "--size must be a positive integer, got True"),  # fire's bare --size
+])
+def test_bad_values_named_before_out_is_claimed(tree, tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        convert(tree, tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unfinished_job_with_never_valid_options_does_not_block(tree, tmp_path):
+    """What older versions left behind for `--seed=-1`: .work/job.json and nothing else."""
+    out = tmp_path / "out"
+    (out / ".work").mkdir(parents=True)
+    (out / ".work" / "job.json").write_text(json.dumps({"size": 32, "encoding": "raw", "quality": None,
+                                                        "shard_size": 5, "seed": -1}))
+    convert(tree, out, size=32, shard_size=5, workers=1, progress=False)
+    assert pipeline.open_dataset(out).manifest["job"]["seed"] == 0
+
+
+def test_out_that_is_a_file_is_refused(tree, tmp_path):
+    (tmp_path / "out").write_text("precious")
+    with pytest.raises(OutputError, match="exists and is a file"):
+        convert(tree, tmp_path / "out", size=32, workers=1, progress=False)
+    assert (tmp_path / "out").read_text() == "precious"
+
+
+def test_symlinks_dangling_and_looping_are_listed_not_fatal(tree, tmp_path):
+    import shutil
+    src = tmp_path / "src"
+    shutil.copytree(tree, src)
+    cls = sorted((src / "train").iterdir())[0]
+    (cls / "gone.JPEG").symlink_to(tmp_path / "nowhere.JPEG")
+    (cls / "loop").symlink_to(cls)              # a folder linking to itself
+    (cls / "up").symlink_to(src / "train")      # to an ancestor: would relabel other classes
+    (src / "train" / "empty_class").mkdir()
+    convert(src, tmp_path / "out", size=32, shard_size=50, workers=1, progress=False)
+    ds = pipeline.open_dataset(tmp_path / "out")
+    assert len(ds["train"]) == sum(1 for _ in (tree / "train").rglob("*.JPEG"))
+    reasons = {s["source"]: s["reason"] for s in json.loads((tmp_path / "out" / "skipped.json").read_text())}
+    rel = cls.relative_to(src).as_posix()
+    assert "dangling symlink" in reasons[f"{rel}/gone.JPEG"]
+    assert "symlink loop" in reasons[f"{rel}/loop"] and "symlink loop" in reasons[f"{rel}/up"]
+    assert reasons["train/empty_class"] == "empty class folder (no files)"
+
+
+def test_skipped_json_is_byte_identical_across_runs(quirky, tmp_path):
+    root, _, _ = quirky
+    for name in ("a", "b"):
+        convert(root, tmp_path / name, size=24, shard_size=4, workers=1, progress=False)
+    assert (tmp_path / "a" / "skipped.json").read_bytes() == (tmp_path / "b" / "skipped.json").read_bytes()
+    assert b" at 0x" not in (tmp_path / "a" / "skipped.json").read_bytes()
+
+
+def test_a_split_none_of_whose_inputs_convert_is_an_error(tree, tmp_path):
+    import shutil
+    src = tmp_path / "src"
+    shutil.copytree(tree, src)
+    for path in (src / "val").rglob("*.JPEG"):
+        path.write_bytes(b"not a jpeg")
+    with pytest.raises(OutputError, match="val: none of its 8 inputs could be converted"):
+        convert(src, tmp_path / "out", size=32, workers=1, progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_second_conversion_into_the_same_out_refuses_at_once(tree, tmp_path, monkeypatch):
+    """While one conversion runs (held here inside its first decode), another process started
+    on the same OUT refuses at once; the first then finishes normally."""
+    out = tmp_path / "out"
+    results = {}
+    real = convert_mod.to_rgb_square
+
+    def second_conversion_meanwhile(*a, **k):
+        if not results:
+            results["second"] = subprocess.run(
+                [sys.executable, str(ROOT / "tools" / "prepare_imagenet.py"), str(tree), str(out),
+                 "--size=32", "--shard_size=5", "--workers=1"], capture_output=True, text=True, timeout=120)
+        return real(*a, **k)
+
+    monkeypatch.setattr(convert_mod, "to_rgb_square", second_conversion_meanwhile)
+    convert(tree, out, size=32, shard_size=5, workers=1, progress=False)
+    second = results["second"]
+    assert second.returncode == 1 and "another conversion is writing it right now" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    pipeline.open_dataset(out, verify=True)
+    assert not (out / ".work").exists()
+
+
+def test_truncated_jpegs_are_converted_and_listed_with_what_was_missing(tmp_path, capsys):
+    from tools.synthetic import photo
+    rng = np.random.default_rng(3)
+    src = tmp_path / "src"
+    whole = encode(Image.fromarray(photo(rng, 200, 160, 0, 2)), "JPEG")
+    for cls in ("a", "b"):
+        (src / "train" / cls).mkdir(parents=True)
+        (src / "train" / cls / "whole.jpg").write_bytes(whole)
+    (src / "train" / "b" / "cut.jpg").write_bytes(whole[:len(whole) * 6 // 10])
+    manifest = convert(src, tmp_path / "out", size=32, workers=1, progress=False)
+    assert manifest["splits"]["train"]["count"] == 3  # converted, not skipped
+    [entry] = manifest["splits"]["train"]["truncated"]
+    assert entry["source"] == "train/b/cut.jpg"
+    # The bottom 40 % of a baseline JPEG is lost: the decoder fills those rows grey.
+    rows, of = map(int, re.search(r"(\d+) of (\d+) rows", entry["missing"]).groups())
+    assert 0.3 < rows / of < 0.5, entry["missing"]
+    assert "train/b/cut.jpg: data ends early" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "skipped.json").read_text()) == []

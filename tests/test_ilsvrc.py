@@ -330,3 +330,96 @@ def test_train_tar_without_class_tars_is_a_layout_error(fake, tmp_path, with_dev
     with pytest.raises(LayoutError, match="no per-class tars"):
         convert(src, tmp_path / "out", size=SIZE, workers=1, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# -- Kaggle's ILSVRC copy and flat val folders (pipeline/prepare/sources/folders.py) -------------
+
+def _synset_mapping() -> bytes:
+    """LOC_synset_mapping.txt as Kaggle's: "<wnid> <words>" per line, in ILSVRC2012_ID order."""
+    return "".join(f"{w} {WORDS[w]}\n" for w in sorted(WNIDS, key=ILSVRC_ID.get)).encode()
+
+
+def _kaggle(root: Path, fake, csv_rows: bool = True) -> Path:
+    """Kaggle's tree: ILSVRC/Data/CLS-LOC/{train/<wnid>/, flat val/, unlabelled test/} and the
+    csv + mapping files beside ILSVRC/."""
+    cls_loc = root / "ILSVRC" / "Data" / "CLS-LOC"
+    for (wnid, name), data in fake.train_jpegs.items():
+        (cls_loc / "train" / wnid).mkdir(parents=True, exist_ok=True)
+        (cls_loc / "train" / wnid / name).write_bytes(data)
+    (cls_loc / "val").mkdir()
+    for name, data in fake.val_jpegs.items():
+        (cls_loc / "val" / name).write_bytes(data)
+    (cls_loc / "test").mkdir()
+    (cls_loc / "test" / "ILSVRC2012_test_00000001.JPEG").write_bytes(next(iter(fake.val_jpegs.values())))
+    (root / "ILSVRC" / "Annotations").mkdir()
+    if csv_rows:
+        (root / LOC_CSV).write_bytes(_loc_csv(fake.val_wnid, np.random.default_rng(5)))
+    (root / "LOC_synset_mapping.txt").write_bytes(_synset_mapping())
+    return root
+
+
+def _check_folder_dataset(ds, fake, prefix: str):
+    """Labels from the folder (train) and the csv/devkit (val), pixels from the files."""
+    assert ds.classes == WNIDS
+    train, val = ds["train"], ds["val"]
+    assert len(train) == len(fake.train_jpegs) and len(val) == N_VAL
+    for i in range(len(train)):
+        source = train.source(i)
+        wnid, name = source.removeprefix(prefix).split("/")[1:]
+        image, label = train[i]
+        assert label == WNIDS.index(wnid), source
+        np.testing.assert_array_equal(image, to_rgb_square(fake.train_jpegs[wnid, name], SIZE))
+    for i in range(N_VAL):
+        name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+        assert val.source(i) == f"{prefix}val/{name}"
+        image, label = val[i]
+        assert label == WNIDS.index(fake.val_wnid[i + 1]), name
+        np.testing.assert_array_equal(image, to_rgb_square(fake.val_jpegs[name], SIZE))
+
+
+def test_kaggle_layout_from_its_root(fake, tmp_path):
+    src = _kaggle(tmp_path / "imagenet-object-localization-challenge", fake)
+    convert(src, tmp_path / "out", size=SIZE, shard_size=SHARD, workers=1, progress=False)
+    ds = pipeline.open_dataset(tmp_path / "out", verify=True)
+    assert ds.manifest["layout"] == "kaggle-ilsvrc"
+    assert ds.class_names == [WORDS[w] for w in WNIDS]  # from LOC_synset_mapping.txt
+    _check_folder_dataset(ds, fake, "ILSVRC/Data/CLS-LOC/")
+    assert json.loads((tmp_path / "out" / "skipped.json").read_text()) == []  # test/ is not a split
+
+
+def test_kaggle_layout_from_cls_loc(fake, tmp_path):
+    """SRC = CLS-LOC/: the csv and the mapping are found two levels above it."""
+    root = _kaggle(tmp_path / "kaggle", fake)
+    convert(root / "ILSVRC" / "Data" / "CLS-LOC", tmp_path / "out", size=SIZE, shard_size=SHARD,
+            workers=1, progress=False)
+    ds = pipeline.open_dataset(tmp_path / "out")
+    assert ds.class_names == [WORDS[w] for w in WNIDS]
+    _check_folder_dataset(ds, fake, "")
+
+
+def test_flat_val_labelled_by_the_devkit(fake, tmp_path):
+    """ImageNet folders with a flat val/ and the devkit beside them (its ids, not sorted order)."""
+    src = _kaggle(tmp_path / "k", fake, csv_rows=False) / "ILSVRC" / "Data" / "CLS-LOC"
+    plain = tmp_path / "plain"
+    src.rename(plain)
+    (plain / DEVKIT).write_bytes(fake.archives[DEVKIT])
+    convert(plain, tmp_path / "out", size=SIZE, shard_size=SHARD, workers=1, progress=False)
+    ds = pipeline.open_dataset(tmp_path / "out")
+    assert ds.manifest["layout"] == "folders"
+    assert ds.class_names == [WORDS[w] for w in WNIDS]  # from the devkit
+    _check_folder_dataset(ds, fake, "")
+
+
+def test_flat_val_without_labels_is_an_error_not_an_empty_split(fake, tmp_path):
+    src = _kaggle(tmp_path / "k", fake, csv_rows=False)
+    with pytest.raises(LayoutError, match=f"{N_VAL} files but no class folders.*{LOC_CSV}"):
+        convert(src, tmp_path / "out", size=SIZE, workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_flat_val_image_missing_from_the_csv_is_named(fake, tmp_path):
+    src = _kaggle(tmp_path / "k", fake)
+    rows = (src / LOC_CSV).read_text().splitlines()
+    (src / LOC_CSV).write_text("\n".join(r for r in rows if "ILSVRC2012_val_00000007" not in r) + "\n")
+    with pytest.raises(LayoutError, match="1 of 10 images have no label.*ILSVRC2012_val_00000007"):
+        convert(src, tmp_path / "out", size=SIZE, workers=1, progress=False)

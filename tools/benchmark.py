@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import UsageError
 from pipeline.prepare.convert import convert
 from pipeline.prepare.preprocess import to_rgb_square
 from pipeline.prepare.sources import detect, read_bytes
@@ -126,13 +127,21 @@ def _pillow_loop(src, items):
     return run
 
 
-def prepare(source=None, json="bench_out/prepare.json", quick=False, workers=1, repeats=None,
-            images=None):
-    """Converter images/s per core: ours vs FFCV's DatasetWriter vs a plain Pillow loop."""
+def prepare(source: str | None = None, json: str = "bench_out/prepare.json", quick: bool = False,
+            workers: int = 1, repeats: int | None = None, images: int | None = None):
+    """Converter images/s per core: ours vs FFCV's DatasetWriter vs a plain Pillow loop.
+
+    source: a small source tree to convert (any layout; default: generated photo-size JPEGs)
+    json: where to write the results (JSON; a Markdown table and a PNG chart go beside it)
+    quick: a smoke test: 24 images, 1 repeat
+    workers: converter processes for ours and FFCV's writer, >= 1
+    repeats: timed repeats after the warm-up (default: 3, or 1 with --quick)
+    images: how many JPEGs to generate without --source (default: 200, or 24 with --quick)
+    """
     repeats = repeats or (1 if quick else 3)
     images = images or (24 if quick else 200)
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+        raise UsageError(f"--workers must be a positive integer, got {workers!r}")
     with tempfile.TemporaryDirectory(prefix="bench-src-") as tmp:
         if source is None:
             src = _generate(Path(tmp) / "src", images)
@@ -143,7 +152,7 @@ def prepare(source=None, json="bench_out/prepare.json", quick=False, workers=1, 
         items = [item for split in sorted(layout.splits) for item in layout.splits[split]]
         n = len(items)
         if n < 2:
-            raise ValueError(f"{src}: {n} inputs; the benchmark needs at least 2")
+            raise UsageError(f"{src}: {n} inputs; the benchmark needs at least 2")
         # Every system also converts every tenth input (a sample of the same sizes), so that
         # per-run costs (process start, listing, manifest) separate from the per-image rate
         # that decides a 1.28 M-image job.
@@ -187,4 +196,7 @@ def prepare(source=None, json="bench_out/prepare.json", quick=False, workers=1, 
 
 
 if __name__ == "__main__":
-    run_cli({"prepare": prepare, "loader": loader, "model": model, "train": train})
+    from tools.bench.model import train_options
+
+    run_cli({"prepare": prepare, "loader": loader, "model": model, "train": train},
+            extra={"train": train_options()})

@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 from pipeline import open_dataset
+from pipeline.errors import UsageError
 from tools import synthetic
 from tools.cli import run_cli
 from tools.grids import augmented_grid, summary
@@ -37,8 +38,14 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def main(out="demo_out", steps=0):
-    """steps > 0 caps the training steps (a quicker look); 0 trains the config's epochs."""
+def main(out: str = "demo_out", steps: int = 0):
+    """The whole chain on an embedded default: data, convert, train (torchrun, mp=2), benchmarks.
+
+    out: folder for everything the demo writes (data, run directory, benchmark tables)
+    steps: cap on the training steps, for a quicker look; 0 trains the config's epochs
+    """
+    if steps < 0:
+        raise UsageError(f"--steps must be >= 0, got {steps}")
     out = Path(out).resolve()
     py = sys.executable
     t0 = step("data")

@@ -13,35 +13,42 @@ import os
 from pathlib import Path
 
 from pipeline import open_dataset
+from pipeline.errors import MissingDependencyError, UsageError
 from tools.cli import run_cli
 
 
 def require_ffcv():
-    """Import ffcv, or raise ImportError saying how to install it."""
+    """Import ffcv, or raise MissingDependencyError (an ImportError) saying how to install it."""
     try:
         import ffcv
         import ffcv.fields  # noqa: F401  (needs libturbojpeg and cv2: fails late if either is missing)
         import ffcv.writer  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"FFCV is not importable ({e}); run `make setup-bench` to install it "
+        raise MissingDependencyError(f"FFCV is not importable ({e}); run `make setup-bench` to install it "
                           f"(ffcv==1.0.2 and its Debian build packages)") from None
     return ffcv
 
 
-def export_beton(dataset_path, split: str, out_path, num_workers: int | None = None) -> Path:
-    """Write ``split`` of the dataset at ``dataset_path`` to ``out_path`` (.beton); return it."""
+def export_beton(dataset_path, split: str, out_path, num_workers: int | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write ``split`` of the dataset at ``dataset_path`` to ``out_path`` (.beton); return it.
+    An existing ``out_path`` is replaced only with ``overwrite``; everything is checked first."""
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+        raise UsageError(f"--workers must be a positive integer, got {num_workers!r}")
     workers = num_workers or os.cpu_count() or 1
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"--workers must be a positive integer, got {num_workers!r}")
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise UsageError(f"{out_path}: is a directory; OUT is the .beton file to write")
+    if out_path.exists() and not overwrite:
+        raise UsageError(f"{out_path}: exists; pass --overwrite to replace it")
     require_ffcv()
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
     ds = open_dataset(dataset_path)
     if split not in ds:
-        raise ValueError(f"{ds.root}: no split {split!r}; it has {sorted(ds.splits)}")
+        raise UsageError(f"--split: {ds.root}: no split {split!r}; it has {sorted(ds.splits)}")
     samples = ds[split]  # already what DatasetWriter indexes: [i] -> (uint8 (S,S,3), int)
-    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # max_resolution = our size: every image already has it, so FFCV stores it unresized.
     fields = {"image": RGBImageField(write_mode="raw", max_resolution=ds.size), "label": IntField()}
@@ -49,9 +56,17 @@ def export_beton(dataset_path, split: str, out_path, num_workers: int | None = N
     return out_path
 
 
-def main(dataset, out, split="train", workers=None):
-    """Write SPLIT of DATASET to OUT (.beton) with WORKERS processes (default: all cores)."""
-    print(export_beton(dataset, split, out, num_workers=workers))
+def main(dataset: str, out: str, split: str = "train", workers: int | None = None,
+         overwrite: bool = False):
+    """Write SPLIT of DATASET to OUT (.beton) with WORKERS processes.
+
+    dataset: a dataset directory written by tools/prepare_imagenet.py
+    out: the .beton file to write (its folder is created; an existing file needs --overwrite)
+    split: the split to export: train or val (whichever the dataset has)
+    workers: FFCV writer processes, >= 1 (default: the number of cores)
+    overwrite: replace OUT if it exists (default: refuse)
+    """
+    print(export_beton(dataset, split, out, num_workers=workers, overwrite=overwrite))
 
 
 if __name__ == "__main__":

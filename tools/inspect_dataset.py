@@ -3,14 +3,27 @@
     python tools/inspect_dataset.py DATASET [--grid=samples.png] [--split=train] [--n=32] [--verify]
 """
 
-from pipeline import open_dataset
 from tools.cli import run_cli
-from tools.grids import dataset_grid, summary
 
 
-def main(dataset, grid=None, split="train", n=32, verify=False):
-    """Summarise DATASET; --verify re-checks every checksum; --grid writes a PNG of samples."""
+def main(dataset: str, grid: str | None = None, split: str = "train", n: int = 32, verify: bool = False):
+    """Summarise DATASET; --verify re-checks every checksum; --grid writes a PNG of samples.
+
+    dataset: a dataset directory written by tools/prepare_imagenet.py
+    grid: write a PNG grid of samples of SPLIT to this file (default: no grid)
+    split: the split the grid shows: train or val (whichever the dataset has)
+    n: how many samples the grid shows, >= 1
+    verify: re-read every shard and check its sha256 against the manifest (reads the whole dataset)
+    """
+    from pipeline import open_dataset
+    from pipeline.errors import UsageError
+    from tools.grids import dataset_grid, summary
+
+    if n < 1:
+        raise UsageError(f"--n must be >= 1, got {n}")
     ds = open_dataset(dataset, verify=verify)
+    if split not in ds:
+        raise UsageError(f"--split: {ds.root}: no split {split!r}; it has {sorted(ds.splits)}")
     print(summary(ds))
     if verify:
         print("verify    all checksums match")

@@ -3,14 +3,18 @@ loudly (listing the valid keys), and the resolved config is saved with the run."
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
 
+from pipeline.errors import UsageError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(UsageError):
+    """A config key or value that cannot work (named in the message); also a ValueError."""
 
 
 @dataclass
@@ -59,14 +63,13 @@ class Config:
     override_config: bool = False  # resume even though the config differs from the checkpoint's
 
     def validate(self) -> None:
-        choices = {"device": ("auto", "cpu", "cuda"), "lr_schedule": ("plateau", "step", "cosine"),
-                   "lighting_form": ("code", "paper"), "mean": ("pixel", "channel", "none"),
-                   "precision": ("fp32", "bf16", "fp16")}
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if not self.data:
             raise ConfigError("data is required: a dataset directory from tools/prepare_imagenet.py")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ConfigError(f"out: {self.out} exists and is a file; out is the run directory")
         if self.mp not in (1, 2):
             raise ConfigError(f"mp must be 1 or 2, got {self.mp}")
         from .models import SPLITTABLE, names
@@ -86,9 +89,89 @@ class Config:
             raise ConfigError("set epochs or max_steps (both 0 would train forever)")
 
 
+CHOICES = {"device": ("auto", "cpu", "cuda"), "lr_schedule": ("plateau", "step", "cosine"),
+           "lighting_form": ("code", "paper"), "mean": ("pixel", "channel", "none"),
+           "precision": ("fp32", "bf16", "fp16")}
+
+# --help: every key of Config, grouped, with one line of meaning (tests/test_cli.py checks that
+# every field is here).
+HELP = {
+    "data": {
+        "data": "dataset directory written by tools/prepare_imagenet.py (required; every node needs it)",
+        "crop": "side of the random (train) and centre (val) crop in pixels: 224, or 227 without padding",
+        "flip": "random horizontal flip, p=0.5",
+        "lighting": "PCA lighting: std of alpha (paper: 0.1; 0 = off)",
+        "lighting_form": "code: scale by sqrt(eigval) (2012 source, ~12 grey levels); paper: by eigval/255",
+        "mean": "subtract the mean image (pixel), the per-channel mean (channel) or nothing (none)",
+        "loader_threads": "DALI threads per rank; 0 = auto",
+        "seed": "seed of the data order, the augmentation and the weight initialisation",
+    },
+    "model": {
+        "model": "alexnet (paper, two towers), alexnet_owt, vgg16, resnet50, or a small-input variant",
+        "mp": "model-parallel ranks: 2 puts alexnet's towers on a pair of ranks; world = dp x mp",
+        "dropout": "dropout probability of fc6 and fc7",
+        "bias_init": "bias of conv2/4/5 and fc6/7 (paper: 1; Caffe used 0.1)",
+    },
+    "optimisation": {
+        "batch_size": "global batch size over the data-parallel ranks",
+        "lr": "learning rate (SGD)",
+        "momentum": "SGD momentum",
+        "nesterov": "Nesterov momentum",
+        "weight_decay": "L2 weight decay on weights (not biases)",
+        "label_smoothing": "label smoothing of the cross-entropy; 0 = the paper's plain loss",
+    },
+    "schedule": {
+        "epochs": "epochs to train",
+        "max_steps": "stop after this many steps; 0 = no limit",
+        "lr_schedule": "plateau: cut when val top-1 stops improving; step: every lr_step_epochs; cosine",
+        "lr_factor": "plateau and step: multiply the rate by this at each cut",
+        "lr_step_epochs": "step: epochs between cuts",
+        "plateau_patience": "plateau: epochs without val top-1 improvement before a cut",
+        "plateau_max_cuts": "plateau: at most this many cuts (the paper: 3)",
+        "warmup_epochs": "linear warm-up from 0, in epochs (fractions allowed)",
+    },
+    "precision": {
+        "precision": "fp32, bf16 autocast, or fp16 autocast with a grad scaler (CUDA only)",
+        "channels_last": "NHWC memory format for images and weights",
+        "compile": "torch.compile the model",
+        "device": "auto (cuda when available), cpu or cuda",
+    },
+    "checkpoints": {
+        "out": "run directory: config.yaml, metrics.jsonl, checkpoints/, curves.png; reused to resume",
+        "ckpt_every_steps": "also checkpoint every this many steps; 0 = only at epoch ends",
+        "override_config": "resume even though the config differs from the checkpoint's",
+    },
+    "logging": {
+        "log_every": "log loss, lr, images/s and ETA every this many steps",
+        "eval_every": "evaluate on val every this many epochs; 0 = never",
+        "ten_crop_eval": "also evaluate ten-crop (the paper's test protocol) at each evaluation",
+    },
+}
+
+
+def cli_options() -> list:
+    """Every config key as a command-line option (tools/cli.py), grouped as in HELP."""
+    from tools.cli import Option
+
+    types = {"int": int, "float": float, "str": str, "bool": bool}
+    by_name = {f.name: f for f in fields(Config)}
+    options = []
+    placed = [(group, name, meaning) for group, keys in HELP.items() for name, meaning in keys.items()
+              if name in by_name]
+    placed += [("other", name, "") for name in by_name if not any(name == p[1] for p in placed)]
+    for group, name, meaning in placed:
+        f = by_name[name]
+        options.append(Option(name, types[f.type], f.default, meaning=meaning, group=group,
+                              choices=CHOICES.get(name, ())))
+    return options
+
+
 # Changing these on resume cannot change what was already trained.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "eval_every", "ckpt_every_steps",
                      "override_config", "loader_threads"}
+
+
+FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _coerce(name: str, kind, value):
@@ -101,6 +184,8 @@ def _coerce(name: str, kind, value):
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -118,13 +203,16 @@ def make_config(path: str | None = None, **overrides) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values")
         values.pop("recipe", None)  # what a recipe reproduces: for people and tests, not a setting
-    values.update(overrides)
     kinds = {f.name: f.type for f in fields(Config)}
     types = {"int": int, "float": float, "str": str, "bool": bool}
-    unknown = sorted(set(values) - set(kinds))
-    if unknown:
-        raise ConfigError(f"unknown config keys {unknown}{' in ' + str(path) if path else ''}; "
-                          f"valid keys: {', '.join(sorted(kinds))}")
+    for where, given in ((f"in {path}", values), ("on the command line", overrides)):
+        unknown = sorted(set(given) - set(kinds))
+        if unknown:
+            close = {k: difflib.get_close_matches(k, list(kinds), n=1) for k in unknown}
+            hints = "; ".join(f"did you mean {c[0]!r} for {k!r}?" for k, c in close.items() if c)
+            raise ConfigError(f"unknown config keys {unknown} {where}{'; ' + hints if hints else ''}; "
+                              f"valid keys: {', '.join(sorted(kinds))}")
+    values.update(overrides)
     cfg = Config(**{k: _coerce(k, types[kinds[k]], v) for k, v in values.items()})
     cfg.validate()
     return cfg

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import pipeline
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, check_resume, make_config, save, to_dict
-from trainer.metrics import Metrics
+from trainer.metrics import Metrics, progress, with_progress
 from trainer.models import build_model
 from trainer.optim import build_optimizer
 from trainer.parallel import all_reduce_sum, cleanup, init_distributed
@@ -42,7 +42,11 @@ class TrainingError(RuntimeError):
     pass
 
 
-def main(config=None, **overrides):
+def main(config: str | None = None, **overrides):
+    """Train on a dataset from tools/prepare_imagenet.py (every key below: trainer/config.py).
+
+    config: YAML file of key: value defaults (configs/*.yaml); --key=value overrides any of them
+    """
     cfg = make_config(config, **overrides)
     out = Path(cfg.out)
     d = init_distributed(cfg.mp, cfg.device)
@@ -116,6 +120,7 @@ def train(cfg, out: Path, d):
     first_bad = torch.full((), -1, dtype=torch.int64, device=d.device)
     checked = step  # check_finite has seen every step up to this one
     checkpoint = partial(save_checkpoint, ckpt_dir, cfg, d, model, optimizer, schedule, train_loader)
+    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)  # for the ETA
     model.train()
     while not finished(cfg, step, epoch):
         train_loader.set_epoch(epoch)
@@ -149,8 +154,10 @@ def train(cfg, out: Path, d):
                 metrics.log({"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
                              "img_per_s": log_images / (t - t_log),
                              "data_wait_frac": wait / max(t - t_epoch, 1e-9)})
-                log(d, f"step {step:6d} epoch {epoch} loss {mean_loss:.4f} lr {lr:.5f} "
-                       f"{log_images / (t - t_log):.0f} img/s")
+                k = (train_loader.state_dict()["step"] - 1) % steps_per_epoch + 1  # 0 after the last batch
+                log(d, f"epoch {epoch} " + progress(k, steps_per_epoch, step, total_steps,
+                                                    (t - t_log) * cfg.batch_size / log_images) +
+                    f": loss {mean_loss:.4f} lr {lr:.5f} {log_images / (t - t_log):.0f} img/s")
                 loss_sum.zero_()
                 t_log, log_images = t, 0
             if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0:
@@ -272,6 +279,7 @@ def end_epoch(epoch: int, epoch_sum: torch.Tensor, n_images: int, wait: float, e
 def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:
     """Top-1/top-5 and loss over the whole split: sums and counts reduced over dp, never means.
     Ten-crop averages the softmax over the 10 patches (paper section 4.1)."""
+    loader = with_progress(loader, d.is_main, "eval ten-crop" if ten_crop else "eval one-crop")
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=d.device)  # loss, top1, top5, count
     with torch.no_grad(), amp():
@@ -300,5 +308,6 @@ def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:
 
 if __name__ == "__main__":
     from tools.cli import run_cli
+    from trainer.config import cli_options
 
-    run_cli(main, known=(TrainingError,))
+    run_cli(main, known=(TrainingError,), extra={"": cli_options()})

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import UsageError
+
 
 @dataclass
 class Dist:
@@ -37,9 +39,9 @@ def init_distributed(mp: int, device: str = "auto") -> Dist:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if mp not in (1, 2):
-        raise ValueError(f"mp must be 1 or 2, got {mp}")
+        raise UsageError(f"mp must be 1 or 2, got {mp}")
     if world % mp:
-        raise ValueError(f"world size {world} is not divisible by mp={mp}")
+        raise UsageError(f"world size {world} is not divisible by mp={mp}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":

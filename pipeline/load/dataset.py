@@ -115,16 +115,24 @@ class Dataset:
             self.manifest = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise FormatError(f"{path}: unreadable ({e})") from None
+        if not isinstance(self.manifest, dict):
+            raise FormatError(f"{path}: valid JSON but not a manifest (a {type(self.manifest).__name__}, "
+                              f"expected an object)")
         if self.manifest.get("version") != fmt.VERSION:
             raise FormatError(f"{path}: dataset format version {self.manifest.get('version')!r}, this "
                               f"code reads version {fmt.VERSION}; re-convert with this version")
         m = self.manifest
-        self.size, self.encoding = m["size"], m["encoding"]
-        self.classes = [c["id"] for c in m["classes"]]
-        self.class_names = [c["name"] or c["id"] for c in m["classes"]]
-        self.splits = {name: Split(root, name, info, self.size, self.encoding, verify)
-                       for name, info in m["splits"].items()}
-        self.stats = _load_stats(root / m["stats"]["file"], m["stats"], verify)
+        try:
+            self.size, self.encoding = m["size"], m["encoding"]
+            self.classes = [c["id"] for c in m["classes"]]
+            self.class_names = [c["name"] or c["id"] for c in m["classes"]]
+            self.splits = {name: Split(root, name, info, self.size, self.encoding, verify)
+                           for name, info in m["splits"].items()}
+            self.stats = _load_stats(root / m["stats"]["file"], m["stats"], verify)
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            # A manifest edited by hand or written by something else: name it, not a deep KeyError.
+            raise FormatError(f"{path}: not the manifest this tool writes (wrong shape: "
+                              f"{type(e).__name__}: {e})") from None
 
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:

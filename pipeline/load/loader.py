@@ -27,6 +27,7 @@ import nvidia.dali.types as types
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from . import augment
+from ..errors import UsageError
 from .dataset import open_dataset
 from .sampler import Sampler, decisions, lighting_offset, ten_crop_offsets
 
@@ -34,7 +35,7 @@ MEANS = ("pixel", "channel", "none")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-class LoaderError(ValueError):
+class LoaderError(UsageError):
     """Arguments that cannot work, reported before any work starts."""
 
 

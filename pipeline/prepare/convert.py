@@ -10,6 +10,8 @@ stats.npz, skipped.json and finally manifest.json are written; .work is then rem
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -23,6 +25,7 @@ import numpy as np
 
 from .. import __version__
 from .. import format as fmt
+from ..errors import UsageError, UserError
 from ..fileio import NO_SPACE, atomic_write, fsync_dir, sha256_file
 from .preprocess import PARAMS, DecodeError, encode_jpeg, to_rgb_square
 from .sources import Item, LayoutError, detect, read_input
@@ -32,7 +35,7 @@ from .writer import ShardWriter
 WORK = ".work"
 
 
-class OutputError(Exception):
+class OutputError(UserError):
     """OUT cannot be written: it holds something else, or the options changed mid-job."""
 
 
@@ -92,6 +95,10 @@ def _prepare_out(out: Path, identity: dict, stamp) -> bool:
         # A kill during the final clean-up can leave part of .work (job.json already gone).
         _finish_cleanup(out)
         return True
+    if job.exists() and not _valid_job(json.loads(job.read_text())):
+        # Options that were never valid converted nothing: start afresh instead of blocking
+        # (.work itself stays: it holds our lock).
+        job.unlink()
     if job.exists():
         existing = json.loads(job.read_text())
         identity = dict(identity, inputs_stamp=stamp())
@@ -115,6 +122,29 @@ def _prepare_out(out: Path, identity: dict, stamp) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Refuse at once when another conversion is writing OUT (a POSIX lock on .work/lock, held by
+    this process only: forked workers do not inherit it, and a killed job's lock dies with it).
+    A complete dataset, or a directory _prepare_out will refuse, is left untouched and unlocked.
+    Under torchrun (WORLD_SIZE > 1) every rank writes OUT by design: the ranks coordinate."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (out / fmt.MANIFEST).exists() or \
+            (out.is_dir() and not (out / WORK).exists() and any(out.iterdir())):
+        yield
+        return
+    (out / WORK).mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / WORK / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputError(f"{out}: another conversion is writing it right now; wait for it to "
+                              f"finish (then run this command again), or choose another OUT") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _finish_cleanup(out: Path) -> None:
     shutil.rmtree(out / WORK, ignore_errors=True)
 
@@ -132,21 +162,24 @@ def convert_shard(task) -> tuple[str, int, int]:
     src, out, split, k, items, size, encoding, quality = task
     writer = ShardWriter(out / split / fmt.shard_name(k), len(items), size, encoding)
     acc = Accumulator(size) if split == "train" else None
-    skipped = []
+    skipped, truncated = [], []
     try:
         for item in items:
+            notes = []  # what a truncated input lost (it is still converted)
             try:
-                img = to_rgb_square(read_input(src, item.locator), size)
+                img = to_rgb_square(read_input(src, item.locator), size, notes)
             except (DecodeError, OSError, LayoutError, ValueError, IndexError) as e:
                 # One unreadable input (or one that changed under us) is skipped, not fatal.
                 reason = str(e) if isinstance(e, (DecodeError, LayoutError)) else f"{type(e).__name__}: {e}"
                 skipped.append({"split": split, "source": item.source, "reason": reason})
                 continue
+            truncated += [{"source": item.source, "missing": note} for note in notes]
             if acc is not None:
                 acc.add(img)  # statistics of the stored pixels, before any JPEG re-encoding
             writer.add(encode_jpeg(img, quality) if encoding == "jpeg" else img, item.label, item.source)
         state = acc.state() if acc is not None else {}
         state["skipped"] = _json_array(skipped)
+        state["truncated"] = _json_array(truncated)
         state["entry"] = _json_array(writer.finish())
         atomic_write(_partial_path(out, split, k), npz_bytes(state))  # before the shard counts as done
         writer.publish()
@@ -186,10 +219,12 @@ def _finalize(out: Path, layout, identity: dict, shards: dict) -> dict:
     manifest_splits, skipped = {}, []
     acc = Accumulator(identity["size"])
     for split, chunks in shards.items():
-        entries = []
+        entries, truncated = [], []
         for k in range(len(chunks)):
             with np.load(_partial_path(out, split, k)) as part:
                 skipped += json.loads(part["skipped"].tobytes())
+                if "truncated" in part.files:  # absent in partials of earlier versions
+                    truncated += json.loads(part["truncated"].tobytes())
                 entry = json.loads(part["entry"].tobytes())
                 if split == "train":
                     acc.merge(Accumulator.from_state(part))
@@ -197,9 +232,14 @@ def _finalize(out: Path, layout, identity: dict, shards: dict) -> dict:
         manifest_splits[split] = {"count": sum(e["count"] for e in entries),
                                   "inputs": sum(len(c) for c in chunks),
                                   "skipped": sum(len(c) for c in chunks) - sum(e["count"] for e in entries),
-                                  "shards": entries}
+                                  "truncated": truncated, "shards": entries}
     skipped = layout.ignored + skipped
     atomic_write(out / fmt.SKIPPED, json.dumps(skipped, indent=1, ensure_ascii=False).encode())
+    for split, info in manifest_splits.items():
+        if info["inputs"] and not info["count"]:
+            # Training or evaluation would fail hours later: not a dataset, never exit 0.
+            raise OutputError(f"{split}: none of its {info['inputs']} inputs could be converted; "
+                              f"reasons in {out / fmt.SKIPPED}; the dataset is not complete")
     atomic_write(out / fmt.STATS, npz_bytes(acc.finalize()))
     stats_entry = {"file": fmt.STATS, "bytes": (out / fmt.STATS).stat().st_size,
                    "sha256": sha256_file(out / fmt.STATS)}
@@ -217,28 +257,55 @@ def _finalize(out: Path, layout, identity: dict, shards: dict) -> dict:
     return manifest
 
 
+def check_options(size, encoding, quality, shard_size, seed) -> None:
+    """UsageError naming the first option that cannot work (the worker count is checked apart:
+    it is not part of the job)."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not whole(size) or size < 1:
+        raise UsageError(f"--size must be a positive integer, got {size!r}")
+    if encoding not in fmt.ENCODINGS:
+        raise UsageError(f"--encoding must be one of {sorted(fmt.ENCODINGS)}, got {encoding!r}")
+    if not whole(quality) or not 1 <= quality <= 100:
+        raise UsageError(f"--quality must be an integer in 1..100, got {quality!r}")
+    if not whole(shard_size) or shard_size < 1:
+        raise UsageError(f"--shard_size must be a positive integer, got {shard_size!r}")
+    if not whole(seed) or seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {seed!r}")
+
+
+def _valid_job(job: dict) -> bool:
+    """Whether an unfinished job's recorded options could ever have worked (older versions
+    claimed OUT before checking them): one that could not has produced nothing to keep."""
+    quality = 90 if job.get("quality") is None else job.get("quality")  # None: raw, not used
+    try:
+        check_options(job.get("size"), job.get("encoding"), quality, job.get("shard_size"), job.get("seed"))
+    except UsageError:
+        return False
+    return True
+
+
 def convert(src, out, size: int = 256, encoding: str = "raw", quality: int = 90,
             workers: int | None = None, shard_size: int = 1024, seed: int = 0,
             progress: bool = True) -> dict:
-    """Convert SRC into a dataset at OUT (resuming an interrupted run); return the manifest."""
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"--size must be a positive integer, got {size!r}")
-    if encoding not in fmt.ENCODINGS:
-        raise ValueError(f"--encoding must be one of {sorted(fmt.ENCODINGS)}, got {encoding!r}")
-    if not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise ValueError(f"--quality must be an integer in 1..100, got {quality!r}")
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"--shard_size must be a positive integer, got {shard_size!r}")
-    workers = workers or os.cpu_count() or 1
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+    """Convert SRC into a dataset at OUT (resuming an interrupted run); return the manifest.
+    Every option is checked before SRC is scanned or OUT touched."""
+    check_options(size, encoding, quality, shard_size, seed)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise UsageError(f"--workers must be a positive integer (default: all cores), got {workers!r}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise OutputError(f"{out}: exists and is a file; OUT is the dataset directory to write")
     src, out = Path(src).resolve(), Path(out).resolve()
     layout = detect(src)
     if "train" not in layout.splits:
         raise OutputError(f"{src}: no train split found (statistics come from train)")
     identity = job_identity(layout, size, encoding, quality, shard_size, seed)
     try:
-        return _convert(src, out, layout, identity, workers, progress)
+        with _exclusive(out):
+            return _convert(src, out, layout, identity, workers, progress)
     except OSError as e:
         if e.errno not in NO_SPACE:
             raise
@@ -278,6 +345,12 @@ def report(out: Path, manifest: dict) -> None:
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['count']} images in {len(info['shards'])} shards"
               f" ({info['skipped']} skipped)", file=sys.stderr)
+    truncated = [t for info in manifest["splits"].values() for t in info.get("truncated", ())]
+    if truncated:
+        print(f"{len(truncated)} inputs end early and were decoded as far as they go (listed under "
+              f"\"truncated\" in {out / fmt.MANIFEST}):", file=sys.stderr)
+        for t in truncated[:10]:
+            print(f"  {t['source']}: {t['missing']}", file=sys.stderr)
     if skipped:
         print(f"{len(skipped)} inputs not converted (listed in {out / fmt.SKIPPED}):", file=sys.stderr)
         for s in skipped[:10]:

@@ -42,6 +42,9 @@ def open_image(data: bytes) -> Image.Image:
                 Image.MAX_IMAGE_PIXELS = limit
     except Image.DecompressionBombError as e:
         raise DecodeError(f"too large: {e}") from None
+    except Image.UnidentifiedImageError:
+        # Its message holds the BytesIO's address: different on every run (skipped.json must not).
+        raise DecodeError("cannot identify image (not an image, or its header is damaged)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DecodeError(f"cannot identify image (not an image, or its header is damaged): {e}") from None
 
@@ -53,7 +56,20 @@ def centre_box(width: int, height: int) -> tuple[float, float, float, float]:
     return (x0, y0, x0 + side, y0 + side)
 
 
-def _load(img: Image.Image, size: int) -> tuple[Image.Image, tuple[float, float, float, float]]:
+def truncation_note(img: Image.Image) -> str:
+    """What a truncated input lost, for the output's list of them: the share of rows at the bottom
+    that the decoder filled with its flat grey (128) for a baseline JPEG; a progressive JPEG has
+    every row, with coarser detail (its later scans are missing)."""
+    a = np.asarray(img)
+    grey = a.reshape(a.shape[0], -1) == 128
+    filled = int(np.argmin(grey[::-1].all(axis=1))) if not grey.all() else a.shape[0]
+    what = (f"{filled} of {a.shape[0]} rows ({100 * filled / a.shape[0]:.0f}%) missing, filled grey"
+            if filled else "all rows decoded, later detail scans missing")
+    return f"data ends early (no end-of-image marker), decoded as far as it goes: {what}"
+
+
+def _load(img: Image.Image, size: int, notes: list | None = None
+          ) -> tuple[Image.Image, tuple[float, float, float, float]]:
     """Decode (at a reduced JPEG scale when possible); return the image and the crop box in it."""
     width, height = img.size
     orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
@@ -75,6 +91,8 @@ def _load(img: Image.Image, size: int) -> tuple[Image.Image, tuple[float, float,
             img.load()
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = False
+        if notes is not None:
+            notes.append(truncation_note(img))
     if orientation != 1:
         img = ImageOps.exif_transpose(img)
     return img, centre_box(*img.size)
@@ -97,11 +115,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, P, CMYK (Adobe inversion handled by the decoder), YCbCr, 1
 
 
-def to_rgb_square(data, size: int = 256) -> np.ndarray:
+def to_rgb_square(data, size: int = 256, notes: list | None = None) -> np.ndarray:
     """Encoded image bytes (or a uint8 (H, W) / (H, W, 3) pixel array, for sources that store
     pixels) -> uint8 array (size, size, 3): RGB, short side to size, centre crop.
 
-    Raises DecodeError (with the reason) for anything that cannot be decoded."""
+    Raises DecodeError (with the reason) for anything that cannot be decoded. An input whose data
+    ends early is decoded as far as it goes; ``notes`` (when given) then gets what was missing."""
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8 or data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[2] != 3):
             raise DecodeError(f"expected uint8 (H, W) or (H, W, 3) pixels, got {data.dtype} {data.shape}")
@@ -111,7 +130,7 @@ def to_rgb_square(data, size: int = 256) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img, box = _load(img, size)  # the first frame of animations
+            img, box = _load(img, size, notes)  # the first frame of animations
             img = _to_rgb(img)
             out = img.resize((size, size), FILTER, box=box)
     except DecodeError:

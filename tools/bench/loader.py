@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import UsageError
 from pipeline.load.dataset import open_dataset
 from pipeline.prepare.convert import convert
 from pipeline.prepare.sources import detect, read_bytes
@@ -336,7 +337,7 @@ def _beton(data: Path, root: Path) -> Path:
     out = root / f"train-{hashlib.sha256((data / 'manifest.json').read_bytes()).hexdigest()[:16]}.beton"
     if out.exists():
         return out
-    partial = export_beton(data, "train", out.with_suffix(".partial"))
+    partial = export_beton(data, "train", out.with_suffix(".partial"), overwrite=True)  # a crashed run's leftover
     return partial.replace(out)  # only a finished export gets the name that is reused
 
 
@@ -349,9 +350,24 @@ def _ratios(rows: list[dict]) -> None:
                                    if "torch-dataloader" in by else None)
 
 
-def loader(data=None, source=None, json="bench_out/loader.json", batch_size=None, crop=None,
-           steps=None, seconds=None, repeats=None, images=None, cache=None, quick=False):
-    """Loader images/s: DALI (GPU if present, CPU) vs FFCV's Loader vs a torch DataLoader."""
+def loader(data: str | None = None, source: str | None = None, json: str = "bench_out/loader.json",
+           batch_size: int | None = None, crop: int | None = None, steps: int | None = None,
+           seconds: float | None = None, repeats: int | None = None, images: int | None = None,
+           cache: str | None = None, quick: bool = False):
+    """Loader images/s: DALI (GPU if present, CPU) vs FFCV's Loader vs a torch DataLoader.
+
+    data: a dataset from tools/prepare_imagenet.py (default: generate and convert one)
+    source: the original images DATA was converted from, for the torch DataLoader (needs --data)
+    json: where to write the results (JSON; a Markdown table and a PNG chart go beside it)
+    batch_size: images per batch (default: 256, or 32 with --quick)
+    crop: side of the random crop in pixels (default: 224, or 56 with --quick)
+    steps: batches per timed run (default: as many as fit in --seconds)
+    seconds: target length of a timed run in seconds (default: 10, or 0.5 with --quick)
+    repeats: timed runs per system (default: 3, or 1 with --quick)
+    images: how many images to generate without --data
+    cache: a folder to keep generated data and .beton exports in between runs (default: a temp dir)
+    quick: a smoke test: small generated data, short runs
+    """
     import torch
 
     batch_size = batch_size or (32 if quick else 256)
@@ -362,16 +378,16 @@ def loader(data=None, source=None, json="bench_out/loader.json", batch_size=None
     workers = len(os.sched_getaffinity(0))
     for name, value in (("batch_size", batch_size), ("crop", crop), ("repeats", repeats)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+            raise UsageError(f"--{name} must be a positive integer, got {value!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"--steps must be a positive integer, got {steps!r}")
+        raise UsageError(f"--steps must be a positive integer, got {steps!r}")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))
     root = Path(cache) if cache else tmp
     try:
         if data is None:
             if source is not None:
-                raise ValueError("--source needs --data (the same images converted)")
+                raise UsageError("--source needs --data (the same images converted)")
             size = 64 if quick else 256
             images = images or (96 if quick else max(500, 10 * batch_size))  # >= 10 steps an epoch
             source, data = _prepare_data(root, images, size, quick)
@@ -383,7 +399,7 @@ def loader(data=None, source=None, json="bench_out/loader.json", batch_size=None
         ds = open_dataset(data)
         n_train = len(ds["train"])
         if n_train < batch_size:
-            raise ValueError(f"{data}: {n_train} train samples make no batch of {batch_size}")
+            raise UsageError(f"{data}: {n_train} train samples make no batch of {batch_size}")
         env = bench.environment()
         config = {"data": described, "size": ds.size, "encoding": ds.encoding, "n_train": n_train,
                   "steps_per_epoch": n_train // batch_size, "dtype": "float32", "layout": "NCHW",

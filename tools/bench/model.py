@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.errors import UsageError
 from pipeline.load.dataset import open_dataset
 from pipeline.prepare.convert import convert
 from tools import synthetic
@@ -67,9 +68,9 @@ def _device(device: str):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device=cuda but CUDA is not available")
+        raise UsageError("--device=cuda but CUDA is not available")
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+        raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
     return torch.device(device)
 
 
@@ -85,9 +86,9 @@ def train_step(name: str, batch_size: int, crop: int, precision: str, channels_l
     from trainer.step import autocast, grad_scaler, optimize
 
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+        raise UsageError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs CUDA; use bf16 on the CPU")
+        raise UsageError("precision fp16 needs CUDA; use bf16 on the CPU")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = build_model(name, num_classes, crop).to(device, memory_format=fmt).train()
     optimizer = build_optimizer(net, Config())  # the recipe's defaults, as a training run steps
@@ -125,10 +126,27 @@ def measure_model(name, batch_size, crop, precision, channels_last, compile, num
                     device_type=device.type, config={**config, **extra}, **env)
 
 
-def model(model=None, batch_size=None, crop=None, precision="fp32", channels_last=False, compile=False,
-          device="auto", steps=None, seconds=None, repeats=None, num_classes=1000,
-          json="bench_out/model.json", quick=False):
-    """Train-step images/s of models on synthetic device tensors (no loader)."""
+def model(model: str | None = None, batch_size: int | None = None, crop: int | None = None,
+          precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+          device: str = "auto", steps: int | None = None, seconds: float | None = None,
+          repeats: int | None = None, num_classes: int = 1000, json: str = "bench_out/model.json",
+          quick: bool = False):
+    """Train-step images/s of models on synthetic device tensors (no loader).
+
+    model: model name(s), comma-separated, e.g. alexnet,alexnet_owt (default: alexnet)
+    batch_size: images per step (default: 128, or 8 with --quick)
+    crop: input side in pixels (default: the model's: 224, or its small-input size)
+    precision: fp32 | bf16 | fp16, comma-separated for several (fp16 needs CUDA)
+    channels_last: NHWC memory format for images and weights
+    compile: torch.compile the model first
+    device: auto | cpu | cuda (auto: cuda when available)
+    steps: steps per timed run (default: as many as fit in --seconds)
+    seconds: target length of a timed run in seconds (default: 10, or 0.5 with --quick)
+    repeats: timed runs per model (default: 3, or 1 with --quick)
+    num_classes: outputs of the last layer
+    json: where to write the results (JSON; a Markdown table and a PNG chart go beside it)
+    quick: a smoke test: alexnet_small, short runs
+    """
     names = _listed(model or ("alexnet_small" if quick else "alexnet"))
     precisions = _listed(precision)
     batch_size = batch_size or (8 if quick else 128)
@@ -136,7 +154,7 @@ def model(model=None, batch_size=None, crop=None, precision="fp32", channels_las
     seconds = seconds or (0.5 if quick else 10.0)
     for key, value in (("batch_size", batch_size), ("repeats", repeats), ("num_classes", num_classes)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{key} must be a positive integer, got {value!r}")
+            raise UsageError(f"--{key} must be a positive integer, got {value!r}")
     dev = _device(device)
     env = bench.environment()
     rows = [measure_model(name, batch_size, crop or SMALL_CROPS.get(name, 224), p, channels_last, compile,
@@ -147,6 +165,16 @@ def model(model=None, batch_size=None, crop=None, precision="fp32", channels_las
                  f"model: train step on synthetic {dev.type} tensors, batch {batch_size}, {repeats} repeats")
 
 
+def train_options() -> list:
+    """The trainer's config keys, accepted by ``train`` as overrides (the CLI checks them)."""
+    import inspect
+
+    from trainer.config import cli_options
+
+    own = set(inspect.signature(train).parameters)  # --data, --log_every: train's own meaning
+    return [opt for opt in cli_options() if opt.name not in own]
+
+
 def _tiny_dataset(root: Path) -> Path:
     src = synthetic.make_imagefolder(root / "src", n_classes=4, train_per_class=24, val_per_class=2,
                                      sizes=QUICK_SIZES, seed=1)
@@ -154,9 +182,21 @@ def _tiny_dataset(root: Path) -> Path:
     return root / "data"
 
 
-def train(config=None, data=None, steps=None, log_every=None, seconds=None, repeats=None,
-          json="bench_out/train.json", quick=False, **overrides):
-    """End-to-end images/s of trainer/main.py, model-only images/s, and their ratio (saturation)."""
+def train(config: str | None = None, data: str | None = None, steps: int | None = None,
+          log_every: int | None = None, seconds: float | None = None, repeats: int | None = None,
+          json: str = "bench_out/train.json", quick: bool = False, **overrides):
+    """End-to-end images/s of trainer/main.py, model-only images/s, and their ratio (saturation).
+
+    config: a trainer config (YAML), required unless --quick
+    data: a dataset from tools/prepare_imagenet.py, required unless --quick
+    steps: training steps of the end-to-end run (default: 60, or 12 with --quick)
+    log_every: steps per timed window (the first is warm-up; default: steps // 6)
+    seconds: target length of a model-only timed run in seconds
+    repeats: model-only timed runs
+    json: where to write the results (JSON; a Markdown table and a PNG chart go beside it)
+    quick: a smoke test on a tiny generated dataset with configs/tiny_cpu.yaml
+    Any trainer config key (--lr=..., see "trainer config" below) overrides the config's value.
+    """
     import yaml
 
     from trainer.config import make_config
@@ -164,7 +204,7 @@ def train(config=None, data=None, steps=None, log_every=None, seconds=None, repe
     steps = steps or (12 if quick else 60)
     log_every = log_every or max(1, steps // 6)  # the first window is warm-up: 5 remain
     if not isinstance(steps, int) or steps < 2 * log_every:
-        raise ValueError(f"--steps ({steps!r}) must be at least 2 x --log_every ({log_every}): the "
+        raise UsageError(f"--steps ({steps!r}) must be at least 2 x --log_every ({log_every}): the "
                          f"first log window is warm-up")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         tmp = Path(tmp)
@@ -173,13 +213,13 @@ def train(config=None, data=None, steps=None, log_every=None, seconds=None, repe
             config = config or str(ROOT / "configs" / "tiny_cpu.yaml")
             data = data or _tiny_dataset(tmp)
         if config is None or data is None:
-            raise ValueError("train needs --config and --data (or --quick)")
+            raise UsageError("train needs --config and --data (or --quick)")
         overrides = {"mp": 1, **overrides}  # one process: the model bench is mp=1 too
         cfg = make_config(str(config), data=str(data), **overrides)
         ds = open_dataset(data)
         per_epoch = len(ds["train"]) // cfg.batch_size
         if per_epoch == 0:
-            raise ValueError(f"{data}: {len(ds['train'])} train samples make no batch of {cfg.batch_size}")
+            raise UsageError(f"{data}: {len(ds['train'])} train samples make no batch of {cfg.batch_size}")
         epochs = max(cfg.epochs, math.ceil(steps / per_epoch))  # max_steps must be reachable
         out = tmp / "run"
         cmd = [sys.executable, str(ROOT / "trainer" / "main.py"), f"--config={config}", f"--data={data}",

@@ -11,8 +11,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...errors import UserError
 
-class LayoutError(Exception):
+
+class LayoutError(UserError):
     """SRC holds no recognisable layout, or its parts disagree (the message says which)."""
 
 

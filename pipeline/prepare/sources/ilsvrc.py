@@ -71,15 +71,19 @@ def read_loc_csv(path: Path) -> dict[str, str]:
         raise LayoutError(f"{path}: expected columns ImageId,PredictionString") from None
 
 
-def class_names(src: Path, classes: list[str]) -> list[str] | None:
-    """Human-readable names from a devkit or LOC_synset_mapping.txt in SRC, when present."""
+def class_names(src: Path, classes: list[str], also: tuple[Path, ...] = ()) -> list[str] | None:
+    """Human-readable names from a devkit or LOC_synset_mapping.txt in SRC (or the ``also``
+    folders, e.g. the Kaggle root above CLS-LOC/), when present."""
     names: dict[str, str] = {}
-    if (src / DEVKIT).exists():
-        names = {wnid: words for wnid, words in read_devkit(src / DEVKIT)[0].values()}
-    elif (src / SYNSET_MAPPING).exists():
-        for line in (src / SYNSET_MAPPING).read_text().splitlines():
-            wnid, _, words = line.partition(" ")
-            names[wnid] = words
+    for folder in (src, *also):
+        if (folder / DEVKIT).exists():
+            names = {wnid: words for wnid, words in read_devkit(folder / DEVKIT)[0].values()}
+        elif (folder / SYNSET_MAPPING).exists():
+            for line in (folder / SYNSET_MAPPING).read_text().splitlines():
+                wnid, _, words = line.partition(" ")
+                names[wnid] = words.strip()
+        if names:
+            break
     if not names or not any(c in names for c in classes):
         return None
     return [names.get(c, c) for c in classes]
@@ -116,20 +120,36 @@ def _scan_val(src: Path) -> list[tuple[str, str, int, int]]:
         raise LayoutError(f"{path}: cannot read archive: {e}") from None
 
 
+def val_labels(folders) -> tuple[dict[str, str], Path] | None:
+    """({val image name stem: wnid}, the file they came from) from the first devkit or
+    LOC_val_solution.csv found in ``folders``; None when there is neither."""
+    for folder in folders:
+        if (folder / DEVKIT).exists():
+            synsets, val_ids = read_devkit(folder / DEVKIT)
+            labels = {}
+            for n, ilsvrc_id in enumerate(val_ids, start=1):
+                if ilsvrc_id not in synsets:
+                    raise LayoutError(f"{folder / DEVKIT}: ground truth line {n} names ILSVRC2012_ID "
+                                      f"{ilsvrc_id}, which is not a leaf synset in meta.mat")
+                labels[f"ILSVRC2012_val_{n:08d}"] = synsets[ilsvrc_id][0]
+            return labels, folder / DEVKIT
+        if (folder / LOC_CSV).exists():
+            return read_loc_csv(folder / LOC_CSV), folder / LOC_CSV
+    return None
+
+
+def val_key(name: str) -> str:
+    """The key an image has in the val labels: ILSVRC2012_val_%08d, else the file's stem."""
+    key = VAL_NAME.search(name)
+    return key.group(0) if key else Path(name).stem
+
+
 def _val_labels(src: Path) -> dict[str, str]:
     """{val member name stem: wnid} from the devkit, else LOC_val_solution.csv."""
-    if (src / DEVKIT).exists():
-        synsets, val_ids = read_devkit(src / DEVKIT)
-        labels = {}
-        for n, ilsvrc_id in enumerate(val_ids, start=1):
-            if ilsvrc_id not in synsets:
-                raise LayoutError(f"{src / DEVKIT}: ground truth line {n} names ILSVRC2012_ID "
-                                  f"{ilsvrc_id}, which is not a leaf synset in meta.mat")
-            labels[f"ILSVRC2012_val_{n:08d}"] = synsets[ilsvrc_id][0]
-        return labels
-    if (src / LOC_CSV).exists():
-        return read_loc_csv(src / LOC_CSV)
-    raise LayoutError(f"{src / VAL_TAR}: val labels need {DEVKIT} or {LOC_CSV} in {src}")
+    found = val_labels([src])
+    if found is None:
+        raise LayoutError(f"{src / VAL_TAR}: val labels need {DEVKIT} or {LOC_CSV} in {src}")
+    return found[0]
 
 
 def detect(src: Path) -> Layout | None:
@@ -137,13 +157,13 @@ def detect(src: Path) -> Layout | None:
     if not (has_train or has_val):
         return None
     per_class = _scan_train(src) if has_train else {}
-    val_labels = _val_labels(src) if has_val else {}
+    labels_of = _val_labels(src) if has_val else {}
     if per_class:
         classes = sorted(per_class)
     elif (src / DEVKIT).exists():
         classes = sorted(wnid for wnid, _ in read_devkit(src / DEVKIT)[0].values())
     else:
-        classes = sorted(set(val_labels.values()))
+        classes = sorted(set(labels_of.values()))
     label = {c: i for i, c in enumerate(classes)}
     splits = {}
     if has_train:
@@ -152,8 +172,7 @@ def detect(src: Path) -> Layout | None:
     if has_val:
         items = []
         for name, source, offset, nbytes in sorted(_scan_val(src)):
-            key = VAL_NAME.search(name)
-            wnid = val_labels.get(key.group(0) if key else Path(name).stem)
+            wnid = labels_of.get(val_key(name))
             if wnid is None:
                 raise LayoutError(f"{src / VAL_TAR}: no val label for {name}")
             if wnid not in label:

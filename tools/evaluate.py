@@ -1,0 +1,101 @@
+"""Evaluate a finished checkpoint on a dataset's val split: loss, top-1 and top-5, one-crop and
+ten-crop (the paper's test protocol: 4 corners + centre and their mirrors, softmax averaged), with
+the trainer's own evaluate function (sums and counts, every sample exactly once).
+
+    .venv/bin/python tools/evaluate.py runs/a/checkpoints/latest.pt              # the run's dataset
+    .venv/bin/python tools/evaluate.py runs/a/checkpoints/epoch089.pt --data=DATA --ten_crop=False
+    .venv/bin/torchrun --nproc_per_node=8 tools/evaluate.py CKPT --data=DATA     # split over 8 ranks
+
+The model, crop and mean subtraction come from the config saved in the checkpoint.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from tools.cli import run_cli
+
+
+def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop: bool = True,
+         ten_crop: bool = True, batch_size: int = 100, device: str = "auto",
+         precision: str | None = None, json: str | None = None):
+    """Evaluate CHECKPOINT (from trainer/main.py) on SPLIT of a dataset, one-crop and ten-crop.
+
+    checkpoint: a checkpoint file of trainer/main.py: RUN/checkpoints/latest.pt or epochNNN.pt
+    data: the dataset directory (default: the one the run trained on, from the checkpoint's config)
+    split: the split to evaluate (val; train works too, for a look at overfitting)
+    one_crop: evaluate the centre crop
+    ten_crop: evaluate the ten crops, softmax averaged over them
+    batch_size: images per batch on each rank (ten-crop: a tenth of it, 10 crops each)
+    device: auto | cpu | cuda (auto: cuda when available)
+    precision: fp32 | bf16 | fp16 (default: the run's; fp16 needs CUDA)
+    json: also write the results to this JSON file
+    """
+    import json as jsonlib
+
+    import torch
+
+    from pipeline import build_loader, open_dataset
+    from pipeline.errors import UsageError
+    from trainer.config import make_config
+    from trainer.main import evaluate
+    from trainer.models import build_model
+    from trainer.parallel import cleanup, init_distributed
+    from trainer.step import autocast
+
+    if batch_size < 1:
+        raise UsageError(f"--batch_size must be >= 1, got {batch_size}")
+    if not (one_crop or ten_crop):
+        raise UsageError("--one_crop=False and --ten_crop=False leave nothing to evaluate")
+    if not Path(checkpoint).is_file():
+        raise UsageError(f"{checkpoint}: no such checkpoint file")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 (pickle and zip raise many kinds: all mean "not readable")
+        raise UsageError(f"{checkpoint}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
+        raise UsageError(f"{checkpoint}: not a checkpoint of trainer/main.py (no model and config)")
+    overrides = {"mp": 1, "device": device, **({"data": data} if data else {}),
+                 **({"precision": precision} if precision else {})}
+    cfg = make_config(None, **{**state["config"], **overrides})  # the checkpoint's layout is mp=1
+
+    d = init_distributed(1, cfg.device)
+    try:
+        ds = open_dataset(cfg.data)
+        if split not in ds:
+            raise UsageError(f"--split: {ds.root}: no split {split!r}; it has {sorted(ds.splits)}")
+        model = build_model(cfg.model, len(ds.classes), cfg.crop, dropout=cfg.dropout,
+                            bias_init=cfg.bias_init, seed=cfg.seed)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise UsageError(f"{checkpoint} does not fit {cfg.model} on {ds.root} "
+                             f"({len(ds.classes)} classes, crop {cfg.crop}): {e}") from None
+        model = model.to(d.device, memory_format=torch.channels_last if cfg.channels_last
+                         else torch.preserve_format)
+        amp = partial(autocast, d.device.type, cfg.precision)
+        common = dict(crop=cfg.crop, device=d.device.type, dp_rank=d.dp_rank, dp_size=d.dp_size,
+                      seed=cfg.seed, mean=cfg.mean, channels_last=cfg.channels_last)
+        results = {"checkpoint": str(checkpoint), "step": state.get("step"), "data": str(ds.root),
+                   "split": split, "images": len(ds[split])}
+        if one_crop:
+            loader = build_loader(cfg.data, split, batch_size=batch_size, **common)
+            results["one_crop"] = evaluate(model, loader, d, amp, False, len(ds[split]))
+        if ten_crop:
+            loader = build_loader(cfg.data, split, batch_size=max(1, batch_size // 10), ten_crop=True,
+                                  **common)
+            results["ten_crop"] = evaluate(model, loader, d, amp, True, len(ds[split]))
+        if d.is_main:
+            for kind in ("one_crop", "ten_crop"):
+                if kind in results:
+                    r = results[kind]
+                    print(f"{kind.replace('_', '-'):<9} {split} ({len(ds[split])} images): loss {r['loss']:.4f} "
+                          f"top-1 {r['top1']:.4f} top-5 {r['top5']:.4f}")
+            if json:
+                Path(json).write_text(jsonlib.dumps(results, indent=1))
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    run_cli(main)
