@@ -5,16 +5,19 @@ or CIFAR pickles into sharded SIZE x SIZE data (256 for ImageNet).
         [--workers=N] [--shard_size=1024] [--seed=0]
 
 Resumable: after Ctrl-C or a kill, run the same command again. See README.md for the layouts.
+Across machines: run it under torchrun (README.md, "Converting on several machines").
 """
 
 from pipeline.prepare.convert import convert
+from pipeline.prepare.distributed import torchrun_ranks
 from tools.cli import run_cli
 
 
 def main(src, out, size=256, encoding="raw", quality=90, workers=None, shard_size=1024, seed=0):
     """Convert SRC to the dataset directory OUT (see README.md)."""
-    convert(src, out, size=size, encoding=encoding, quality=quality, workers=workers,
-            shard_size=shard_size, seed=seed)
+    with torchrun_ranks() as ranks:
+        convert(src, out, size=size, encoding=encoding, quality=quality, workers=workers,
+                shard_size=shard_size, seed=seed, ranks=ranks)
     print(out)
 
 
