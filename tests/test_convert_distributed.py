@@ -164,3 +164,14 @@ def test_pool_workers_die_with_a_killed_parent(src, tmp_path):
     reference = tmp_path / "one"
     convert(src, reference, size=256, shard_size=12, workers=1, progress=False)
     assert tree_digest(out) == tree_digest(reference)
+
+
+@pytest.mark.timeout(600)
+def test_out_refused_by_rank_0_stops_every_rank(src, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("someone else's")
+    results = finish(launch_nodes([src, src], out, "--size=32"))
+    for code, err in results:
+        assert code == 1 and "is not empty and holds no dataset of this tool" in err, err[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

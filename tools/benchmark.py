@@ -99,7 +99,7 @@ def torch_aa_square(data: bytes, size: int = SIZE) -> np.ndarray:
 
     img = decode(data, size).convert("RGB")
     x0, y0, x1, y1 = (round(v) for v in centre_box(*img.size))
-    x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None, :, y0:y1, x0:x1]  # channels-last
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None, :, y0:y1, x0:x1]  # channels-last
     out = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True)
     return out[0].permute(1, 2, 0).numpy()
 
@@ -279,7 +279,7 @@ def summary(rows: list[dict], config: dict) -> str:
         if rate.get("ours") and rate.get(other):
             lines.append(f"ours / {other}, marginal per CPU second: {rate['ours'] / rate[other]:.2f}x")
     proj = config["projection"]
-    hours = ", ".join(f"{k} {v:.1f} h" for k, v in proj["wall_hours"].items())
+    hours = ", ".join(f"{k} {v * 60:.1f} min" for k, v in proj["wall_hours"].items())
     lines.append(f"ImageNet train ({proj['images']:,} images) on {proj['cores']} cores at these rates: "
                  f"{hours}; ours writes {proj['raw_bytes'] / 1e9:.0f} GB raw, "
                  f"{proj['jpeg_q90_bytes'] / 1e9:.0f} GB jpeg q90 "

@@ -307,14 +307,18 @@ def _convert(src: Path, out: Path, layout, identity: dict, workers: int, progres
     if ranks.world == 1:
         complete = _prepare(src, out, layout, identity, shards)
     else:
-        # OutputError (OUT holds something else...) travels to every rank, which all stop with it.
+        # A refusal (OUT holds something else, cannot be written...) travels to every rank, which
+        # all stop with it instead of waiting for rank 0 until the rendezvous times out.
+        error = None
         try:
             outcome = _prepare(src, out, layout, identity, shards) if ranks.is_main else None
-        except OutputError as e:
-            outcome = str(e)
+        except (OutputError, OSError) as e:
+            error, outcome = e, f"{e}" if isinstance(e, OutputError) else f"{type(e).__name__}: {e}"
         outcome = ranks.broadcast(outcome)
+        if error is not None:
+            raise error
         if isinstance(outcome, str):
-            raise OutputError(outcome)
+            raise OutputError(f"rank 0 stopped: {outcome}")
         complete = outcome
     if complete:
         if ranks.is_main:
