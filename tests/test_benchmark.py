@@ -22,7 +22,7 @@ def test_prepare_quick(tree, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| system |" in proc.stdout
     rows = {r["system"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"ours", "ffcv-writer", "pillow-loop"}
+    assert set(rows) == {"ours", "ffcv-writer", "pillow-loop", "decode-only", "preprocess", "torch-aa-u8"}
     n_inputs = sum(1 for p in tree.rglob("*.JPEG"))
     for system, row in rows.items():
         if "skipped" in row:  # only FFCV is optional, and the note says how to get it
@@ -36,6 +36,12 @@ def test_prepare_quick(tree, tmp_path):
         assert 1 <= row["subset_images"] < n_inputs
         assert row["device"]["cpu_count"] >= 1 and row["versions"]["numpy"]
     assert 30 < rows["ours"]["psnr_min_db"] <= rows["ours"]["psnr_mean_db"]
+    assert rows["preprocess"]["psnr_min_db"] == rows["ours"]["psnr_min_db"]  # the same function
+    assert "ours / decode-only, marginal per CPU second" in proc.stdout or \
+        rows["ours"]["marginal_images_per_cpu_s"] is None  # timer noise on a tiny quick run
+    projection = rows["ours"]["config"]["projection"]
+    assert projection["raw_bytes"] == 251_887_681_536  # 1,281,167 x 256 x 256 x 3
+    assert 0 < projection["jpeg_q90_bytes"] < projection["raw_bytes"]
     if importlib.util.find_spec("matplotlib") is not None:
         assert out.with_suffix(".png").stat().st_size > 0
 

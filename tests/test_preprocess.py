@@ -35,6 +35,20 @@ def test_photo_jpeg_fidelity_at_least_40db(wh):
     assert psnr(out, reference(decode_full(data), 256)) >= 40.0
 
 
+@pytest.mark.parametrize("wh, decoded", [((800, 600), (800, 600)), ((1024, 768), (512, 384)),
+                                         ((768, 1024), (384, 512)), ((3072, 2304), (768, 576))])
+def test_draft_keeps_the_short_side_at_least_one_and_a_half_times_the_target(wh, decoded, monkeypatch):
+    """DCT scaling by 1/2, 1/4, 1/8 only while the decoded short side stays >= 1.5 x 256 = 384."""
+    from pipeline.prepare import preprocess
+
+    seen = []
+    to_rgb = preprocess._to_rgb
+    monkeypatch.setattr(preprocess, "_to_rgb", lambda img: seen.append(img.size) or to_rgb(img))
+    rgb = np.zeros((wh[1], wh[0], 3), np.uint8)
+    assert to_rgb_square(synthetic.jpeg_bytes(rgb, 90), 256).shape == (256, 256, 3)
+    assert seen == [decoded]
+
+
 def test_centre_crop_geometry_panorama():
     # Left half red, right half blue, a green band in the middle third: the centre square of a
     # 3:1 panorama is exactly the green band.

@@ -7,6 +7,10 @@ prepare: images/s per core of converting the same JPEGs to 256 px by
     ours         pipeline.prepare.convert.convert (decode with draft, crop box only, bicubic, shards, stats)
     ffcv-writer  FFCV's DatasetWriter, RGBImageField(raw, max_resolution=256) over PIL images
     pillow-loop  open, RGB, resize short side to 256 (bicubic, whole image), centre crop
+    decode-only  the JPEG decode of ours alone (same DCT scaling rule), nothing else: the ceiling
+    preprocess   ours without shards, stats or checksums (to_rgb_square, arrays discarded)
+    torch-aa-u8  candidate resampler: the same decode, then torch's uint8 antialiased bicubic
+                 interpolate over the centre box rounded to whole pixels (torch has no sub-pixel box)
 Without --source it generates --images photo-size JPEGs (500x375 .. 1024x768, quality 90).
 --quick: 24 images and 1 repeat (a smoke test); the default is 1 warm-up + 3 timed repeats.
 Each system also converts every tenth input: the difference gives its fixed cost per
@@ -32,7 +36,7 @@ from PIL import Image
 
 from pipeline.errors import UsageError
 from pipeline.prepare.convert import convert
-from pipeline.prepare.preprocess import to_rgb_square
+from pipeline.prepare.preprocess import centre_box, decode, encode_jpeg, to_rgb_square
 from pipeline.prepare.sources import detect, read_bytes
 from tools import synthetic
 from tools.bench import harness as bench
@@ -77,6 +81,18 @@ def pillow_square(data: bytes, size: int = SIZE) -> np.ndarray:
                      Image.BICUBIC)
     left, top = (img.width - size) // 2, (img.height - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def torch_aa_square(data: bytes, size: int = SIZE) -> np.ndarray:
+    """Candidate: the same decode, then torch's uint8 antialiased bicubic (AVX2 on x86) over the
+    centre box rounded to whole pixels, one thread."""
+    import torch
+
+    img = decode(data, size).convert("RGB")
+    x0, y0, x1, y1 = (round(v) for v in centre_box(*img.size))
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None, :, y0:y1, x0:x1]  # channels-last
+    out = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True)
+    return out[0].permute(1, 2, 0).numpy()
 
 
 def _generate(root: Path, images: int) -> Path:
@@ -127,9 +143,48 @@ def _pillow_loop(src, items):
     return run
 
 
+def _loop(fn):
+    """A system that applies ``fn`` to every input's bytes and discards the result."""
+    def make(src, items):
+        def run(_):
+            for item in items:
+                fn(read_bytes(src, item.locator))
+        return run
+    return make
+
+
+def _one_thread(make):
+    """torch's intra-op threads would use the cores that per-core figures assume idle."""
+    def wrapped(src, items):
+        run = make(src, items)
+
+        def one(scratch):
+            import torch
+
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                run(scratch)
+            finally:
+                torch.set_num_threads(before)
+        return one
+    return wrapped
+
+
+def projection(rows: list[dict], jpeg_bytes: float, images: int = 1_281_167, cores: int = 16) -> dict:
+    """ImageNet's train set on ``cores`` cores at each system's marginal rate per CPU second
+    (assumes linear scaling over cores and the same per-image cost as these inputs), and the bytes
+    ours writes per encoding (raw: 256x256x3 per image; jpeg: the mean measured here)."""
+    hours = {r["system"]: images / (r["marginal_images_per_cpu_s"] * cores) / 3600
+             for r in rows if r.get("marginal_images_per_cpu_s")}
+    return {"images": images, "cores": cores, "wall_hours": hours,
+            "raw_bytes": images * SIZE * SIZE * 3, "jpeg_q90_bytes": round(images * jpeg_bytes)}
+
+
 def prepare(source: str | None = None, json: str = "bench_out/prepare.json", quick: bool = False,
             workers: int = 1, repeats: int | None = None, images: int | None = None):
-    """Converter images/s per core: ours vs FFCV's DatasetWriter vs a plain Pillow loop.
+    """Converter images/s per core: ours vs FFCV's DatasetWriter vs a plain Pillow loop, with the
+    decode alone (the ceiling) and the resampler candidates on the same files.
 
     source: a small source tree to convert (any layout; default: generated photo-size JPEGs)
     json: where to write the results (JSON; a Markdown table and a PNG chart go beside it)
@@ -174,7 +229,10 @@ def prepare(source: str | None = None, json: str = "bench_out/prepare.json", qui
 
         # ours: one process per shard task, so never more workers than shards.
         tasks = sum(math.ceil(len(v) / SHARD_SIZE) for v in layout.splits.values())
-        db = [psnr(to_rgb_square(b, SIZE), reference(decode_full(b), SIZE)) for b in blobs]
+        references = [reference(decode_full(b), SIZE) for b in blobs]
+        squares = [to_rgb_square(b, SIZE) for b in blobs]
+        db = [psnr(a, r) for a, r in zip(squares, references)]
+        config["mean_jpeg_q90_bytes"] = float(np.mean([len(encode_jpeg(a, 90)) for a in squares]))
         rows = [row("ours", _ours(workers), min(workers, tasks),
                     psnr_min_db=min(db), psnr_mean_db=float(np.mean(db)),
                     note="raw shards + train stats, fsync'd; PSNR vs float reference")]
@@ -188,11 +246,39 @@ def prepare(source: str | None = None, json: str = "bench_out/prepare.json", qui
             rows.append(row("ffcv-writer", ffcv_writer, workers,
                             note="max side 256, aspect kept, no centre crop (cv2 INTER_AREA)"))
         rows.append(row("pillow-loop", _pillow_loop, 1, note="arrays discarded (nothing written)"))
+        rows.append(row("decode-only", _loop(lambda b: decode(b, SIZE)), 1,
+                        note="ours' JPEG decode alone (same DCT scaling): the ceiling"))
+        rows.append(row("preprocess", _loop(lambda b: to_rgb_square(b, SIZE)), 1,
+                        psnr_min_db=min(db), psnr_mean_db=float(np.mean(db)),
+                        note="ours without writing: decode + Pillow resize of the exact box"))
+        psnr_torch = [psnr(torch_aa_square(b, SIZE), r) for b, r in zip(blobs, references)]
+        rows.append(row("torch-aa-u8", _one_thread(_loop(lambda b: torch_aa_square(b, SIZE))), 1,
+                        psnr_min_db=min(psnr_torch), psnr_mean_db=float(np.mean(psnr_torch)),
+                        note="candidate: decode + torch uint8 AA bicubic, box rounded to whole pixels"))
+        config["projection"] = projection(rows, config["mean_jpeg_q90_bytes"])
 
     bench.report(rows, json, PREPARE_COLUMNS,
                  {"images_per_s_per_core": f"whole run ({n} images)",
                   "marginal_images_per_cpu_s": "marginal, per CPU second"},
                  "images/s per core", f"prepare: JPEG -> {SIZE} px, {n} images, {repeats} repeats")
+    print(summary(rows, config))
+
+
+def summary(rows: list[dict], config: dict) -> str:
+    """The goals of the converter as ratios of marginal rates per CPU second in this one run, and
+    the projection for ImageNet."""
+    rate = {r["system"]: r.get("marginal_images_per_cpu_s") for r in rows}
+    lines = []
+    for other in ("decode-only", "ffcv-writer"):
+        if rate.get("ours") and rate.get(other):
+            lines.append(f"ours / {other}, marginal per CPU second: {rate['ours'] / rate[other]:.2f}x")
+    proj = config["projection"]
+    hours = ", ".join(f"{k} {v * 60:.1f} min" for k, v in proj["wall_hours"].items())
+    lines.append(f"ImageNet train ({proj['images']:,} images) on {proj['cores']} cores at these rates: "
+                 f"{hours}; ours writes {proj['raw_bytes'] / 1e9:.0f} GB raw, "
+                 f"{proj['jpeg_q90_bytes'] / 1e9:.0f} GB jpeg q90 "
+                 f"({config['mean_jpeg_q90_bytes'] / 1024:.1f} KiB per image on these inputs)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ ImageFolder tree, IDX (MNIST, Fashion-MNIST) or CIFAR pickles into sharded SIZE 
 
 Every option is checked before anything is read or written (--help lists them). Resumable: after
 Ctrl-C or a kill, run the same command again. See README.md for the layouts.
+Across machines: run it under torchrun (README.md, "Converting on several machines").
 """
 
 from tools.cli import run_cli
@@ -29,9 +30,11 @@ def main(src: str, out: str, size: int = 256, encoding: str = "raw", quality: in
     seed: seed of the stored train order (a seeded shuffle), >= 0
     """
     from pipeline.prepare.convert import convert  # after the command line is checked: fails fast
+    from pipeline.prepare.distributed import torchrun_ranks
 
-    convert(src, out, size=size, encoding=encoding, quality=quality, workers=workers,
-            shard_size=shard_size, seed=seed)
+    with torchrun_ranks() as ranks:
+        convert(src, out, size=size, encoding=encoding, quality=quality, workers=workers,
+                shard_size=shard_size, seed=seed, ranks=ranks)
     print(out)
 
 

@@ -7,6 +7,11 @@ a task commits by renaming its shard into place. After a crash the same command 
 that the plan is the one recorded in .work/job.json, skips committed shards and redoes the rest.
 When all shards exist, the partial statistics are summed (exact integers, fixed order) and
 stats.npz, skipped.json and finally manifest.json are written; .work is then removed.
+
+Under torchrun (``ranks`` from pipeline.prepare.distributed) the same rules hold across machines:
+the ranks first check that they see the same job, rank 0 alone prepares OUT, each rank converts its
+share of the shards, and after a barrier rank 0 finalizes. Only where shards are converted differs,
+so the bytes are those of a single-process run.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from .. import __version__
 from .. import format as fmt
 from ..errors import UsageError, UserError
 from ..fileio import NO_SPACE, atomic_write, fsync_dir, sha256_file
+from .distributed import SINGLE, Ranks, host
 from .preprocess import PARAMS, DecodeError, encode_jpeg, to_rgb_square
 from .sources import Item, LayoutError, detect, read_input
 from .stats import Accumulator, npz_bytes
@@ -75,9 +81,24 @@ def inputs_stamp(src: Path, layout) -> str:
     return h.hexdigest()
 
 
-def _differences(a: dict, b: dict) -> str:
+def _differences(a: dict, b: dict, there: str = "there", here: str = "now") -> str:
     keys = sorted(set(a) | set(b))
-    return ", ".join(f"{k}: {a.get(k)!r} there vs {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)!r} {there} vs {b.get(k)!r} {here}" for k in keys if a.get(k) != b.get(k))
+
+
+def _check_same_job(ranks: Ranks, identity: dict) -> None:
+    """Every rank must see the same inputs and options, or the shares would not fit together:
+    stop the whole job, on every rank with the same message, before anything is written."""
+    if ranks.world == 1:
+        return
+    seen = ranks.gather((host(), identity))
+    host0, ref = seen[0]
+    odd = [f"rank {r} on {h}: {_differences(ref, ident, 'on rank 0', 'here')}"
+           for r, (h, ident) in enumerate(seen) if ident != ref]
+    if odd:
+        raise OutputError(f"the {ranks.world} ranks do not see the same inputs and options (rank 0 is "
+                          f"on {host0}): {'; '.join(odd)}. Every rank must read the same SRC (shared "
+                          f"storage) and run the same command; nothing was written.")
 
 
 def _prepare_out(out: Path, identity: dict, stamp) -> bool:
@@ -157,6 +178,13 @@ def _is_done(out: Path, split: str, k: int) -> bool:
     return (out / split / fmt.shard_name(k)).exists() and _partial_path(out, split, k).exists()
 
 
+def _share(shards: dict, ranks: Ranks) -> list[tuple[str, int]]:
+    """This rank's (split, shard index) pairs: the job's shards in a fixed order (splits sorted),
+    dealt round-robin over the ranks, whatever is already done (so ranks need not agree on that)."""
+    order = [(split, k) for split in sorted(shards) for k in range(len(shards[split]))]
+    return [sk for i, sk in enumerate(order) if ranks.mine(i)]
+
+
 def convert_shard(task) -> tuple[str, int, int]:
     """Worker: decode and preprocess one shard's inputs, write its partial stats, commit it."""
     src, out, split, k, items, size, encoding, quality = task
@@ -193,8 +221,16 @@ def _json_array(obj) -> np.ndarray:
     return np.frombuffer(json.dumps(obj).encode(), np.uint8)
 
 
-def _worker_init():
+def _worker_init(parent: int):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    # A worker that outlived a SIGKILLed parent would go on and publish its shard by path, over
+    # the temporary file of the same shard that the restarted job is writing.
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
 
 
 def _run(tasks, workers: int, total: int, done: int, progress: bool):
@@ -208,7 +244,7 @@ def _run(tasks, workers: int, total: int, done: int, progress: bool):
                 bar.update(convert_shard(task)[2])
             return
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(workers, initializer=_worker_init) as pool:
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             for _, _, n in pool.imap_unordered(convert_shard, tasks):
                 bar.update(n)
     finally:
@@ -288,9 +324,11 @@ def _valid_job(job: dict) -> bool:
 
 def convert(src, out, size: int = 256, encoding: str = "raw", quality: int = 90,
             workers: int | None = None, shard_size: int = 1024, seed: int = 0,
-            progress: bool = True) -> dict:
+            progress: bool = True, ranks: Ranks = SINGLE) -> dict:
     """Convert SRC into a dataset at OUT (resuming an interrupted run); return the manifest.
-    Every option is checked before SRC is scanned or OUT touched."""
+    Every option is checked before SRC is scanned or OUT touched. ``ranks``: this process's place
+    in a torchrun job (``distributed.torchrun_ranks()``); every rank calls convert with the same
+    arguments and ``workers`` processes of its own."""
     check_options(size, encoding, quality, shard_size, seed)
     if workers is None:
         workers = os.cpu_count() or 1
@@ -303,9 +341,10 @@ def convert(src, out, size: int = 256, encoding: str = "raw", quality: int = 90,
     if "train" not in layout.splits:
         raise OutputError(f"{src}: no train split found (statistics come from train)")
     identity = job_identity(layout, size, encoding, quality, shard_size, seed)
+    _check_same_job(ranks, identity)
     try:
         with _exclusive(out):
-            return _convert(src, out, layout, identity, workers, progress)
+            return _convert(src, out, layout, identity, workers, progress, ranks)
     except OSError as e:
         if e.errno not in NO_SPACE:
             raise
@@ -314,29 +353,66 @@ def convert(src, out, size: int = 256, encoding: str = "raw", quality: int = 90,
                           f"command again to resume") from None
 
 
-def _convert(src: Path, out: Path, layout, identity: dict, workers: int, progress: bool) -> dict:
-    size, encoding, quality = identity["size"], identity["encoding"], identity["quality"]
-    shard_size, seed = identity["shard_size"], identity["seed"]
+def _prepare(src: Path, out: Path, layout, identity: dict, splits) -> bool:
+    """Rank 0, before any rank writes: check OUT (True: already complete), create the split
+    folders and delete temporaries left by a killed run."""
     if _prepare_out(out, identity, lambda: inputs_stamp(src, layout)):
-        print(f"{out}: already complete, nothing to do", file=sys.stderr)
-        return json.loads((out / fmt.MANIFEST).read_text())
-    shards = {split: plan(items, split, shard_size, seed) for split, items in layout.splits.items()}
-    tasks, done = [], 0
-    for split, chunks in shards.items():
+        return True
+    for split in splits:
         (out / split).mkdir(exist_ok=True)
         for stale in (out / split).glob("*.tmp"):
             stale.unlink()
-        for k, chunk in enumerate(chunks):
-            if _is_done(out, split, k):
-                done += len(chunk)
-            else:
-                tasks.append((src, out, split, k, chunk, size, encoding, quality))
     fsync_dir(out)
-    total = sum(len(c) for chunks in shards.values() for c in chunks)
+    return False
+
+
+def _convert(src: Path, out: Path, layout, identity: dict, workers: int, progress: bool,
+             ranks: Ranks) -> dict:
+    size, encoding, quality = identity["size"], identity["encoding"], identity["quality"]
+    shard_size, seed = identity["shard_size"], identity["seed"]
+    shards = {split: plan(items, split, shard_size, seed) for split, items in layout.splits.items()}
+    if ranks.world == 1:
+        complete = _prepare(src, out, layout, identity, shards)
+    else:
+        # A refusal (OUT holds something else, cannot be written...) travels to every rank, which
+        # all stop with it instead of waiting for rank 0 until the rendezvous times out.
+        error = None
+        try:
+            outcome = _prepare(src, out, layout, identity, shards) if ranks.is_main else None
+        except (OutputError, OSError) as e:
+            error, outcome = e, f"{e}" if isinstance(e, OutputError) else f"{type(e).__name__}: {e}"
+        outcome = ranks.broadcast(outcome)
+        if error is not None:
+            raise error
+        if isinstance(outcome, str):
+            raise OutputError(f"rank 0 stopped: {outcome}")
+        complete = outcome
+    if complete:
+        if ranks.is_main:
+            print(f"{out}: already complete, nothing to do", file=sys.stderr)
+        return json.loads((out / fmt.MANIFEST).read_text())
+    tasks, done, total = [], 0, 0
+    for split, k in _share(shards, ranks):
+        chunk = shards[split][k]
+        total += len(chunk)
+        if _is_done(out, split, k):
+            done += len(chunk)
+        else:
+            tasks.append((src, out, split, k, chunk, size, encoding, quality))
     _run(tasks, min(workers, max(len(tasks), 1)), total, done, progress)
-    manifest = _finalize(out, layout, identity, shards)
-    report(out, manifest)
-    return manifest
+    if ranks.world > 1:
+        ranks.barrier()  # every share is done (a rank that died fails this barrier on all ranks)
+    if ranks.is_main:
+        missing = [f"{split}/{fmt.shard_name(k)}" for split, chunks in shards.items()
+                   for k in range(len(chunks)) if not _is_done(out, split, k)]
+        if missing:
+            raise OutputError(f"{out}: shards {missing[:5]} (of {len(missing)}) are missing after every "
+                              f"rank finished its share; run the same command again to redo them")
+        manifest = _finalize(out, layout, identity, shards)
+        report(out, manifest)
+    if ranks.world > 1:
+        ranks.barrier()  # the manifest is written
+    return manifest if ranks.is_main else json.loads((out / fmt.MANIFEST).read_text())
 
 
 def report(out: Path, manifest: dict) -> None:

@@ -3,8 +3,8 @@
 Used by the converter, the benchmarks and the tests. The geometry is exact: the output covers the
 centred ``s x s`` square of the (EXIF-oriented) input, ``s`` its shorter side, resampled with an
 antialiased bicubic filter. Only that square is resampled, and JPEGs are first decoded at a reduced
-DCT scale when the image is at least twice the target (``draft``): both are large speed-ups whose
-effect on the pixels the tests bound (PSNR against a full-resolution float reference).
+DCT scale as far as the short side stays at least 1.5x the target (``draft``): both are large
+speed-ups whose effect on the pixels the tests bound (PSNR against a full-resolution float reference).
 """
 from __future__ import annotations
 
@@ -20,8 +20,13 @@ FILTER = Image.Resampling.BICUBIC
 # Pillow's own limit is a process-wide global that importing this module leaves alone: open_image
 # applies ours for the duration of its own Image.open (where Pillow checks it).
 MAX_PIXELS = 16_000 * 16_000
+# A JPEG is decoded at a reduced DCT scale only as far as its short side stays >= DRAFT_MARGIN x size.
+# Measured (BENCHMARKS.md): 2 gives min PSNR 56.8 dB on photo-size JPEGs, 1.5 gives 45.8 dB and
+# 15 % less CPU per image (1024x768 photos are then decoded at 1/2), 1 gives 42.1 dB: too thin.
+DRAFT_MARGIN = 1.5
 PARAMS = {"resize": "short side", "filter": "bicubic-antialiased", "crop": "centre",
-          "exif_orientation": True, "alpha": "composited over white", "draft": True}
+          "exif_orientation": True, "alpha": "composited over white",
+          "draft": f"JPEG DCT scaling while the short side stays >= {DRAFT_MARGIN} x size"}
 
 
 class DecodeError(Exception):
@@ -73,12 +78,12 @@ def _load(img: Image.Image, size: int, notes: list | None = None
     """Decode (at a reduced JPEG scale when possible); return the image and the crop box in it."""
     width, height = img.size
     orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    if img.format == "JPEG" and min(width, height) >= 2 * size:
-        # Ask for 2x the target resolution so the bicubic filter still does the final antialiasing
-        # (DCT scaling alone aliases on fine texture: 42 dB instead of 57 dB on our test photos).
-        # Pillow reduces by an integer factor only, so this halves the decode from a 1024 px
-        # short side up (quarters from 2048): most ImageNet photos are decoded in full.
-        scale = min(width, height) / (2 * size)
+    if img.format == "JPEG" and min(width, height) >= DRAFT_MARGIN * size:
+        # Ask for DRAFT_MARGIN x the target resolution so the bicubic filter still does the final
+        # antialiasing (DCT scaling alone aliases on fine texture: 42 dB instead of 57 dB on our
+        # test photos). Pillow reduces by a power of two only, so with 2 this halves the decode
+        # from a 1024 px short side up (quarters from 2048): most ImageNet photos are decoded in full.
+        scale = min(width, height) / (DRAFT_MARGIN * size)
         img.draft(None, (max(1, int(width / scale)), max(1, int(height / scale))))
     try:
         img.load()
@@ -96,6 +101,12 @@ def _load(img: Image.Image, size: int, notes: list | None = None
     if orientation != 1:
         img = ImageOps.exif_transpose(img)
     return img, centre_box(*img.size)
+
+
+def decode(data: bytes, size: int = 256) -> Image.Image:
+    """Only the decode of ``to_rgb_square`` (same DCT scaling, EXIF orientation): the benchmark's
+    ceiling for a converter, which cannot go faster than its decoder."""
+    return _load(open_image(data), size)[0]
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

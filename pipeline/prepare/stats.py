@@ -1,7 +1,7 @@
 """Train-set statistics, accumulated during conversion (pixel units 0..255).
 
-Sums are kept as exact int64 (a per-image float64 product, exact below 2**53, converted to int64),
-so partial sums from shards written in any order by any number of workers add up to the same bits;
+Sums are kept as exact int64 (per image, integer dot products of the colour planes), so partial
+sums from shards written in any order by any number of workers or machines add up to the same bits;
 the final division happens once in float64. stats.npz holds::
 
     count         ()      number of train images
@@ -23,6 +23,21 @@ import numpy as np
 from .. import format as fmt
 
 KEYS = fmt.STATS_KEYS
+# Pixels per uint32 dot product: 66051 * 255**2 < 2**32, so no partial sum can wrap.
+DOT_CHUNK = 65536
+
+
+def moments(img: np.ndarray) -> np.ndarray:
+    """Exact sum over the pixels of x x^T (3x3 int64) for uint8 (..., 3) pixels: six uint32 dot
+    products of the colour planes (0.35 ms at 256 px against 0.60 ms for a float64 copy and matmul)."""
+    planes = img.reshape(-1, 3).T.astype(np.uint32)
+    m = np.zeros((3, 3), np.int64)
+    for start in range(0, planes.shape[1], DOT_CHUNK):
+        p = planes[:, start:start + DOT_CHUNK]
+        for i in range(3):
+            for j in range(i, 3):
+                m[i, j] += int(np.dot(p[i], p[j]))
+    return m + np.triu(m, 1).T  # the lower triangle mirrors the upper one
 
 
 class Accumulator:
@@ -34,8 +49,7 @@ class Accumulator:
     def add(self, img: np.ndarray) -> None:
         self.count += 1
         self.pixel_sum += img
-        x = img.reshape(-1, 3).astype(np.float64)
-        self.moment += np.rint(x.T @ x).astype(np.int64)  # <= 65536*255**2 per entry: exact
+        self.moment += moments(img)
 
     def merge(self, other: "Accumulator") -> None:
         self.count += other.count

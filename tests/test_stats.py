@@ -1,0 +1,36 @@
+"""Exact integer moments for the train statistics, against Python integers."""
+import numpy as np
+import pytest
+
+from pipeline.prepare.stats import DOT_CHUNK, Accumulator, moments
+
+
+def python_moments(img: np.ndarray) -> np.ndarray:
+    x = img.reshape(-1, 3).astype(object)  # Python ints: no overflow, no rounding
+    return np.array(x.T.dot(x), dtype=np.int64)
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 3), (256, 256, 3), (300, 300, 3)])
+def test_moments_exact(shape, rng):
+    img = rng.integers(0, 256, shape, dtype=np.uint8)
+    np.testing.assert_array_equal(moments(img), python_moments(img))
+
+
+def test_moments_do_not_wrap_past_uint32():
+    """All-255 pixels beyond one uint32 chunk: each entry is n * 255**2 > 2**32."""
+    img = np.full((300, 300, 3), 255, np.uint8)
+    assert 300 * 300 > DOT_CHUNK and 300 * 300 * 255 ** 2 > 2 ** 32
+    np.testing.assert_array_equal(moments(img), np.full((3, 3), 300 * 300 * 255 ** 2, np.int64))
+
+
+def test_partials_merge_to_the_whole(rng):
+    imgs = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    whole, a, b = Accumulator(16), Accumulator(16), Accumulator(16)
+    for k, img in enumerate(imgs):
+        whole.add(img)
+        (a if k % 2 else b).add(img)
+    b.merge(Accumulator.from_state(a.state()))
+    assert b.count == whole.count == 6
+    np.testing.assert_array_equal(b.moment, whole.moment)
+    np.testing.assert_array_equal(b.pixel_sum, imgs.astype(np.int64).sum(0))
+    np.testing.assert_array_equal(b.moment, python_moments(imgs))
