@@ -235,12 +235,15 @@ def is_user_error(e: BaseException) -> bool:
 def _print_error(message: str) -> None:
     """Once per job, and last. Under torchrun every rank usually fails alike, and torchrun prints
     its own failure summary after the ranks exit: the message goes into torchrun's error file,
-    which puts it on that summary's last line ("Root Cause ... traceback"). Global rank 0 reports
-    at once; another rank waits a moment first: if rank 0 failed too, torchrun stops this rank
-    meanwhile (the message is not repeated per rank), else its own error is reported."""
+    which puts it on that summary's last line ("Root Cause ... traceback"). The first rank of each
+    node (each node's torchrun prints its own summary) reports at once; another rank waits a moment
+    first: if its node's first rank failed too, torchrun stops it meanwhile (the message is not
+    repeated per rank), else its own error is reported."""
     rank, error_file = os.environ.get("RANK"), os.environ.get("TORCHELASTIC_ERROR_FILE")
+    # the rank on its node, for where to print only (data sharding uses the dp rank, never this)
+    first_on_node = os.environ.get("LOCAL_RANK", rank) in (None, "0")
     if error_file and rank is not None:
-        if rank != "0":
+        if not first_on_node:
             time.sleep(OTHER_RANK_DELAY_S)
         try:
             # A str message is shown as is; the timestamp makes the first reporter the root cause.
@@ -249,7 +252,7 @@ def _print_error(message: str) -> None:
             return
         except OSError:
             pass  # no error file after all: print
-    if rank in (None, "0"):
+    if first_on_node:
         print(f"error: {message}", file=sys.stderr, flush=True)
 
 
