@@ -14,14 +14,18 @@ import torch
 import torch.distributed as dist
 
 from pipeline.fileio import atomic_write
+from trainer.parallel import all_gather_uneven
 
 
 def _gather_dim0(t: torch.Tensor, group, size: int) -> torch.Tensor:
+    """The mp ranks' parts joined along dim 0; the parts may differ in length (fc8 with an odd
+    class count), so the lengths are exchanged first."""
     if group is None:
         return t.detach().cpu().clone()
-    parts = [torch.empty_like(t) for _ in range(size)]
-    dist.all_gather(parts, t.detach().contiguous(), group=group)
-    return torch.cat(parts, dim=0).cpu()
+    rows = torch.tensor([t.shape[0]], device=t.device)
+    lengths = [torch.empty_like(rows) for _ in range(size)]
+    dist.all_gather(lengths, rows, group=group)
+    return all_gather_uneven(t.detach(), group, [int(n) for n in lengths], 0).cpu()
 
 
 def full_state(model, optimizer, d) -> tuple[dict, dict]:
@@ -39,7 +43,7 @@ def full_state(model, optimizer, d) -> tuple[dict, dict]:
 
 def load_full_state(model, optimizer, model_state: dict, momentum: dict, d) -> None:
     def own_half(t: torch.Tensor) -> torch.Tensor:
-        return t.chunk(d.mp_size, dim=0)[d.mp_rank]
+        return t.tensor_split(d.mp_size, dim=0)[d.mp_rank]  # the models' split rule
 
     params = dict(model.named_parameters())
     model.load_state_dict({name: own_half(t) if name in params else t for name, t in model_state.items()})
