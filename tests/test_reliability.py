@@ -312,6 +312,24 @@ def test_shard_swapped_for_another_of_the_same_size_found_by_verify(copy):
         pipeline.open_dataset(copy, verify=True)
 
 
+def test_label_flipped_in_a_shard_is_named_at_open_not_at_the_loss(copy, tmp_path):
+    """One flipped label byte (the shard keeps its size; only verify=True checks sha256): the
+    trainer stops before any step with one line naming the shard, not an IndexError mid-run."""
+    shard = _shard(copy, 1)
+    with open(shard, "rb") as f:
+        header = pipeline.format.unpack_header(f.read(pipeline.format.HEADER_SIZE), shard)
+    data = bytearray(shard.read_bytes())
+    data[int(header["labels_offset"]) + 4 * 2] ^= 0x40  # sample 2's label: 64 + its class
+    _replace(shard, bytes(data))
+    with pytest.raises(FormatError, match=f"{shard}: sample 2 has label 6[4-7], outside the 4 classes"):
+        pipeline.open_dataset(copy)
+    res = subprocess.run([sys.executable, MAIN, *base_args(copy, tmp_path / "run", mp=1)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 1
+    assert f"{shard}: sample 2 has label" in error_line(res.stderr)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 # -- loader: shards change on disk after build_loader ---------------------------------------------
 
 def test_shards_changed_after_build_loader_are_caught_at_the_next_open(copy):
