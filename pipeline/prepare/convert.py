@@ -135,10 +135,12 @@ def convert_shard(task) -> tuple[str, int, int]:
     skipped = []
     try:
         for item in items:
+            # Only the input's own faults are skips: it cannot be read (gone, archive cut short,
+            # a pickle or IDX file changed under us) or cannot be decoded. Any other exception is
+            # a bug in this code and stops the conversion with its traceback, never a "skip".
             try:
-                img = to_rgb_square(read_input(src, item.locator), size)
-            except (DecodeError, OSError, LayoutError, ValueError, IndexError) as e:
-                # One unreadable input (or one that changed under us) is skipped, not fatal.
+                img = to_rgb_square(read_input(src, item.locator), size)  # raises DecodeError only
+            except (LayoutError, OSError, DecodeError) as e:  # read_input: LayoutError, OSError
                 reason = str(e) if isinstance(e, (DecodeError, LayoutError)) else f"{type(e).__name__}: {e}"
                 skipped.append({"split": split, "source": item.source, "reason": reason})
                 continue
@@ -267,6 +269,8 @@ def _convert(src: Path, out: Path, layout, identity: dict, workers: int, progres
     fsync_dir(out)
     total = sum(len(c) for chunks in shards.values() for c in chunks)
     _run(tasks, min(workers, max(len(tasks), 1)), total, done, progress)
+    for split in shards:  # the shards' renames durable before the manifest calls them complete
+        fsync_dir(out / split)
     manifest = _finalize(out, layout, identity, shards)
     report(out, manifest)
     return manifest
