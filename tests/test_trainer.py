@@ -230,3 +230,60 @@ def test_killed_job_resumes_from_latest_checkpoint_exactly(dataset, tmp_path):
     a, b = losses(whole), losses(killed)
     assert sorted(b) == list(range(1, 13))
     np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-5)
+
+
+def _single_process():
+    from trainer.parallel import Dist
+    return Dist(rank=0, local_rank=0, world=1, dp_rank=0, dp_size=1, mp_rank=0, mp_size=1,
+                device=torch.device("cpu"))
+
+
+def test_grad_scaler_state_round_trips_through_the_checkpoint(tmp_path):
+    """fp16 cannot train on the CPU, so the scaler's state (scale after a backoff, growth tracker
+    part-way) goes through the checkpoint code the trainer uses, and both scalers then agree."""
+    from trainer import checkpoint as ckpt
+    from trainer.models import build_model
+
+    def scaler_steps(model, opt, scaler, grads_inf):
+        for inf in grads_inf:
+            opt.zero_grad()
+            scaler.scale(model(torch.ones(2, 3, 32, 32)).sum()).backward()
+            if inf:
+                next(model.parameters()).grad[0].fill_(float("inf"))  # an overflowing fp16 step
+            scaler.step(opt)
+            scaler.update()
+
+    d = _single_process()
+    model = build_model("cifar_cnn", 3, 32, seed=1, dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=5)
+    scaler_steps(model, opt, scaler, [True, False, False])  # backoff to 512, then 2 good steps
+    assert scaler.get_scale() == 512.0 and scaler.state_dict()["_growth_tracker"] == 2
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    ckpt.save_atomic(ckpt.capture(model, opt, scaler, d, step=3, run_id="r"), ckpt_dir / "latest.pt")
+
+    fresh = build_model("cifar_cnn", 3, 32, seed=2, dropout=0.0)
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.01, momentum=0.9)
+    fresh_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, growth_interval=5)
+    ckpt.restore(ckpt.resume_state(ckpt_dir, d), fresh, fresh_opt, fresh_scaler, d)
+    assert fresh_scaler.state_dict() == scaler.state_dict()
+    for m, o, s in ((model, opt, scaler), (fresh, fresh_opt, fresh_scaler)):
+        scaler_steps(m, o, s, [False, False, False])  # the 5th good step doubles the scale
+    assert fresh_scaler.get_scale() == scaler.get_scale() == 1024.0
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_retention_keeps_the_last_the_best_and_the_asked(tmp_path):
+    from trainer import checkpoint as ckpt
+
+    for e in range(10):
+        (tmp_path / f"epoch{e:03d}.pt").write_bytes(b"x")
+    (tmp_path / "latest.pt").write_bytes(b"x")
+    gone = ckpt.prune(tmp_path, keep_last=2, keep_epochs=[0, 5], best_epoch=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["epoch000.pt", "epoch003.pt", "epoch005.pt", "epoch008.pt", "epoch009.pt", "latest.pt"]
+    assert len(gone) == 5
+    ckpt.prune(tmp_path, keep_last=0, keep_epochs=[], best_epoch=None)
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
