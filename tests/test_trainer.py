@@ -112,6 +112,14 @@ def test_lrn_matches_the_paper_formula_within_a_tower():
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
+def _rows(out, kind):
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def _train_losses(out) -> list:
+    return [r["train_loss"] for r in _rows(out, "epoch")]
+
+
 @pytest.mark.timeout(600)
 def test_stopped_run_resumes_exactly(dataset, tmp_path):
     """The same command twice (first stopped at step 7 mid-epoch, then run on) equals one run."""
@@ -126,6 +134,8 @@ def test_stopped_run_resumes_exactly(dataset, tmp_path):
     epochs = [json.loads(r) for r in (parts / "metrics.jsonl").read_text().splitlines()]
     # 24 train samples at global batch 8: 3 steps an epoch; each epoch row once despite the stop
     assert [r["epoch"] for r in epochs if r["kind"] == "epoch"] == [0, 1, 2, 3]
+    # epoch 2 (steps 7-9) was cut after step 7: its train_loss still covers all three steps
+    np.testing.assert_allclose(_train_losses(parts), _train_losses(whole), rtol=1e-6)
     assert (parts / "curves.png").exists() and (parts / "checkpoints" / "epoch003.pt").exists()
 
 
@@ -287,3 +297,140 @@ def test_retention_keeps_the_last_the_best_and_the_asked(tmp_path):
     assert len(gone) == 5
     ckpt.prune(tmp_path, keep_last=0, keep_epochs=[], best_epoch=None)
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def _launch_two_nodes(dataset, outs, port, **kw):
+    """Two torchrun launchers, one process each, meeting through c10d on 127.0.0.1: two "nodes",
+    each with its own run directory (node-local storage)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+                              "--nproc_per_node=1", "--rdzv_backend=c10d",
+                              f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=local", MAIN,
+                              *base_args(dataset, out, **kw)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True) for out in outs]
+
+
+def _step_losses(*outs) -> dict:
+    """Step losses from every run directory that rank 0 wrote to (rank 0 may land on either
+    node after a restart); a step logged in two directories must agree."""
+    merged = {}
+    for out in outs:
+        if (out / "metrics.jsonl").exists():
+            for step, loss in losses(out).items():
+                assert step not in merged or abs(merged[step] - loss) <= 1e-5 * abs(loss), step
+                merged[step] = loss
+    return merged
+
+
+@pytest.mark.timeout(900)
+def test_two_nodes_with_node_local_out_killed_and_restarted_resume_exactly(dataset, tmp_path):
+    """The README's two-node command with a node-local ``out`` on each node: both launchers are
+    killed mid-run and started again; every rank resumes from the same checkpoint (broadcast by
+    the rank that holds it) and the losses are those of an uninterrupted run."""
+    import signal
+    import time
+
+    common = dict(mp=2, max_steps=12, ckpt_every_steps=2, dropout=0.5)
+    whole = tmp_path / "whole"
+    torchrun(2, *base_args(dataset, whole, **common))
+    outs = [tmp_path / "node_a", tmp_path / "node_b"]
+    nodes = _launch_two_nodes(dataset, outs, _free_port(), **common)
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in nodes):
+        if len(_step_losses(*outs)) >= 5:
+            break
+        time.sleep(0.05)
+    for p in nodes:
+        os.killpg(p.pid, signal.SIGKILL)  # both nodes: launchers and ranks
+        p.communicate()
+    assert len(_step_losses(*outs)) < 12, "the kill came too late to test anything"
+    assert all((out / "checkpoints" / "latest.pt").exists() for out in outs), "each node keeps its own"
+    nodes = _launch_two_nodes(dataset, outs, _free_port(), **common)
+    for p in nodes:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    a, b = losses(whole), _step_losses(*outs)
+    assert sorted(b) == list(range(1, 13))
+    np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-5)
+
+
+def test_two_different_runs_visible_is_one_clear_error_before_any_step(dataset, tmp_path):
+    """Each node's ``out`` holds a checkpoint of a different run: no rank guesses, both stop
+    before a step with the ranks and paths named."""
+    outs = [tmp_path / "node_a", tmp_path / "node_b"]
+    for out in outs:  # two separate runs, same config
+        torchrun(2, *base_args(dataset, out, mp=2, max_steps=2))
+    nodes = _launch_two_nodes(dataset, outs, _free_port(), mp=2, max_steps=4)
+    errs = [p.communicate(timeout=300)[1] for p in nodes]
+    assert all(p.returncode != 0 for p in nodes)
+    text = "\n".join(errs)
+    assert "checkpoints of different runs" in text and str(outs[0]) in text and str(outs[1]) in text
+    assert all(sorted(losses(out)) == [1, 2] for out in outs)  # nothing was trained or rewritten
+
+
+@pytest.mark.timeout(900)
+def test_stopped_mid_epoch_at_2x2_resumes_on_other_layouts_exactly(dataset, tmp_path):
+    """Elastic determinism: stopped at dp x mp = 2 x 2 in the middle of epoch 1, resumed at
+    1 x 2, 2 x 1 and 1 x 1 with the same global batch: the per-step losses of an uninterrupted
+    2 x 2 run (fp32, dropout 0), and the cut epoch's train_loss."""
+    import shutil
+
+    common = dict(mp=2, max_steps=10, dropout=0.0, eval_every=0)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    torchrun(4, *base_args(dataset, whole, **common))
+    torchrun(4, *base_args(dataset, stopped, **dict(common, max_steps=4)))  # 3 steps an epoch
+    ref = losses(whole)
+    for dp, mp in ((1, 2), (2, 1), (1, 1)):
+        out = tmp_path / f"dp{dp}mp{mp}"
+        shutil.copytree(stopped, out)
+        torchrun(dp * mp, *base_args(dataset, out, **dict(common, mp=mp)))
+        got = losses(out)
+        assert sorted(got) == sorted(ref) == list(range(1, 11))
+        np.testing.assert_allclose([got[s] for s in ref], list(ref.values()), rtol=1e-4,
+                                   err_msg=f"resumed at dp x mp = {dp} x {mp}")
+        np.testing.assert_allclose(_train_losses(out), _train_losses(whole), rtol=1e-4)
+
+
+def test_paths_are_not_identities(dataset, tmp_path):
+    """A moved dataset and ``--out`` spelled another way resume; another dataset (by content) is
+    refused even with --override_config=True, which still accepts a changed hyper-parameter."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    out = tmp_path / "runs" / "x"
+    torchrun(1, *base_args(data, out, max_steps=2))
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    (tmp_path / "elsewhere").mkdir()
+    relative = os.path.relpath(tmp_path / "elsewhere" / ".." / "runs" / "x", ROOT)  # ../../tmp/...
+    torchrun(1, *base_args(moved, relative, max_steps=4))
+    assert sorted(losses(out)) == [1, 2, 3, 4]
+
+    other = tmp_path / "other"
+    shutil.copytree(moved, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["classes"][0]["name"] = "another dataset"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    res = torchrun(1, *base_args(other, out, max_steps=6, override_config=True), check=False)
+    assert res.returncode != 0 and "is not the dataset" in res.stderr + res.stdout
+    res = torchrun(1, *base_args(moved, out, max_steps=6, model="cifar_cnn", crop=32,
+                                 override_config=True), check=False)
+    assert res.returncode != 0 and "another network" in res.stderr + res.stdout
+    torchrun(1, *base_args(moved, out, max_steps=6, lr=0.02, override_config=True))
+    assert sorted(losses(out)) == list(range(1, 7))
+
+
+def test_retention_through_the_trainer(dataset, tmp_path):
+    """keep_last=2 plus the best epoch by val top-1 plus keep_epochs: the rest is deleted."""
+    out = tmp_path / "run"
+    torchrun(1, *base_args(dataset, out, max_steps=0, epochs=6, eval_every=1, keep_last=2,
+                           keep_epochs=1, log_every=3))
+    rows = _rows(out, "epoch")
+    top1 = [r["val_top1"] for r in rows]
+    best = top1.index(max(top1))  # the first epoch reaching the maximum
+    want = {f"epoch{e:03d}.pt" for e in (4, 5, 1, best)} | {"latest.pt"}
+    assert {p.name for p in (out / "checkpoints").iterdir()} == want
+    assert torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["best"] == \
+        {"epoch": best, "top1": top1[best]}
