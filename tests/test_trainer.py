@@ -434,3 +434,30 @@ def test_retention_through_the_trainer(dataset, tmp_path):
     assert {p.name for p in (out / "checkpoints").iterdir()} == want
     assert torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["best"] == \
         {"epoch": best, "top1": top1[best]}
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory):
+    """3 classes (odd: fc8 split 2 + 1 across the towers) x 8 train, 2 val, at 32 px."""
+    from pipeline.prepare.convert import convert
+    from tools import synthetic
+
+    root = tmp_path_factory.mktemp("three")
+    tree = synthetic.make_imagefolder(root / "tree", n_classes=3, train_per_class=8, val_per_class=2,
+                                      sizes=((96, 72), (64, 64)), seed=3)
+    convert(tree, root / "data", size=32, shard_size=8, workers=1, progress=False)
+    return root / "data"
+
+
+@pytest.mark.timeout(600)
+def test_two_towers_with_an_odd_class_count_train_as_one_module(three_classes, tmp_path):
+    """`--model=alexnet_small --mp=2` on 3 classes (refused before: "must be even") gives the
+    one-module run's losses, and its checkpoint resumes at mp=1."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    torchrun(1, *base_args(three_classes, one, mp=1, max_steps=6))
+    torchrun(2, *base_args(three_classes, two, mp=2, max_steps=3))
+    torchrun(1, *base_args(three_classes, two, mp=1, max_steps=6))
+    a, b = losses(one), losses(two)
+    assert sorted(b) == list(range(1, 7))
+    np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-4)
+    assert torch.load(two / "checkpoints" / "latest.pt", weights_only=False)["model"]["fcs.2.weight"].shape[0] == 3
