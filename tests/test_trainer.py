@@ -461,3 +461,30 @@ def test_two_towers_with_an_odd_class_count_train_as_one_module(three_classes, t
     assert sorted(b) == list(range(1, 7))
     np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-4)
     assert torch.load(two / "checkpoints" / "latest.pt", weights_only=False)["model"]["fcs.2.weight"].shape[0] == 3
+
+
+def test_evaluation_of_a_batchnorm_model_uses_one_set_of_statistics(dataset, tmp_path):
+    """small_bn at dp=2: after its last step each rank's BatchNorm running statistics differ.
+    Evaluation runs the unwrapped module (not the DDP wrapper) with rank 0's statistics: the
+    epoch's val metrics equal a single-process evaluation of the epoch's checkpoint."""
+    import pipeline
+    import torch.nn.functional as F
+    from trainer.models import build_model
+
+    out = tmp_path / "bn"
+    torchrun(2, *base_args(dataset, out, model="small_bn", max_steps=0, epochs=1, eval_every=1,
+                           log_every=3))
+    row = _rows(out, "epoch")[-1]
+    model = build_model("small_bn", 4, 28, dropout=0.0)
+    model.load_state_dict(torch.load(out / "checkpoints" / "epoch000.pt", weights_only=False)["model"])
+    model.eval()
+    loss = top1 = count = 0.0
+    with torch.no_grad():
+        for images, labels in pipeline.build_loader(dataset, "val", batch_size=8, crop=28, device="cpu",
+                                                    mean="pixel", num_threads=1):
+            logits = model(images)
+            loss += F.cross_entropy(logits, labels, reduction="sum").item()
+            top1 += (logits.argmax(1) == labels).sum().item()
+            count += len(labels)
+    assert count == 8
+    np.testing.assert_allclose([row["val_loss"], row["val_top1"]], [loss / count, top1 / count], rtol=1e-5)
