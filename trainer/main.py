@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
-
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, check_resume, make_config, save, to_dict
 from trainer.metrics import Metrics
 from trainer.models import build_model
+from trainer.optim import build_optimizer
 from trainer.parallel import all_reduce_sum, cleanup, init_distributed
 from trainer.schedule import Schedule
 from trainer.step import autocast, grad_scaler, optimize
@@ -41,9 +42,231 @@ class TrainingError(RuntimeError):
     pass
 
 
+def main(config=None, **overrides):
+    cfg = make_config(config, **overrides)
+    out = Path(cfg.out)
+    d = init_distributed(cfg.mp, cfg.device)
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) and \
+            os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        log(d, "note: torchrun restarts reuse one rendezvous store and can fail on stale peer "
+               "addresses (pytorch/pytorch#135712); launch with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
+    try:
+        train(cfg, out, d)
+    finally:
+        cleanup()
+
+
+def train(cfg, out: Path, d):
+    # -- data ------------------------------------------------------------------------------------
+    ds = pipeline.open_dataset(cfg.data)
+    if cfg.batch_size % d.dp_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
+                          f"{d.dp_size} data-parallel ranks")
+    local_batch = cfg.batch_size // d.dp_size
+    common = dict(crop=cfg.crop, device=d.device.type, dp_rank=d.dp_rank, dp_size=d.dp_size,
+                  seed=cfg.seed, mean=cfg.mean, channels_last=cfg.channels_last,
+                  num_threads=cfg.loader_threads or None)
+    train_loader = pipeline.build_loader(cfg.data, "train", batch_size=local_batch, flip=cfg.flip,
+                                         lighting=cfg.lighting, lighting_form=cfg.lighting_form,
+                                         **common)
+    val_loaders = {}  # empty: no evaluation
+    if "val" in ds and cfg.eval_every > 0:
+        val_loaders["one"] = pipeline.build_loader(cfg.data, "val", batch_size=local_batch, **common)
+        if cfg.ten_crop_eval:
+            val_loaders["ten"] = pipeline.build_loader(cfg.data, "val", batch_size=max(1, local_batch // 10),
+                                                       ten_crop=True, **common)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{cfg.data}: {len(ds['train'])} train samples make no global batch of "
+                          f"{cfg.batch_size}")
+
+    # -- model -----------------------------------------------------------------------------------
+    model = build_model(cfg.model, len(ds.classes), cfg.crop, dropout=cfg.dropout,
+                        bias_init=cfg.bias_init, seed=cfg.seed, mp_group=d.mp_group,
+                        mp_size=d.mp_size, mp_rank=d.mp_rank)
+    model = model.to(d.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+
+    # -- optimizer -------------------------------------------------------------------------------
+    optimizer = build_optimizer(model, cfg)
+    schedule = Schedule(cfg, steps_per_epoch)
+    net = DDP(model, process_group=d.dp_group, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
+        if d.dp_group is not None else model  # gradients averaged over the dp group only
+    if cfg.compile:
+        net = torch.compile(net)
+    if cfg.precision == "fp16" and d.device.type != "cuda":
+        raise ConfigError("precision fp16 needs CUDA; use bf16 on the CPU")
+    amp = partial(autocast, d.device.type, cfg.precision)
+    scaler = grad_scaler(cfg.precision)
+
+    # -- resume ----------------------------------------------------------------------------------
+    ckpt_dir = out / "checkpoints"
+    step, epoch = resume(ckpt_dir, out, cfg, d, model, optimizer, schedule, train_loader)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(exist_ok=True)
+        save(cfg, out / "config.yaml")
+    metrics = Metrics(out, d.is_main, resume_step=step, resume_epoch=epoch)
+    log(d, f"{cfg.model}: {sum(p.numel() for p in model.parameters()) * d.mp_size:,} parameters, "
+           f"world {d.world} = dp {d.dp_size} x mp {d.mp_size}, {d.device}, {cfg.precision}; "
+           f"{len(ds['train'])} train images, {steps_per_epoch} steps/epoch of {cfg.batch_size}")
+
+    # -- loop ------------------------------------------------------------------------------------
+    # first_bad: the first step whose loss was non-finite, -1 if none; kept on the device so the
+    # step never syncs, read by check_finite at the next log or checkpoint
+    first_bad = torch.full((), -1, dtype=torch.int64, device=d.device)
+    checked = step  # check_finite has seen every step up to this one
+    checkpoint = partial(save_checkpoint, ckpt_dir, cfg, d, model, optimizer, schedule, train_loader)
+    model.train()
+    while not finished(cfg, step, epoch):
+        train_loader.set_epoch(epoch)
+        wait = 0.0  # seconds blocked on the loader this epoch
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=d.device)  # loss x n, n since the last log
+        epoch_sum = torch.zeros(2, dtype=torch.float64, device=d.device)
+        t_epoch = t_log = tick = time.perf_counter()
+        n_images = log_images = 0
+        for images, labels in train_loader:
+            wait += time.perf_counter() - tick
+            lr = schedule.lr(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with amp():
+                loss = F.cross_entropy(net(images), labels, label_smoothing=cfg.label_smoothing)
+            optimize(loss, optimizer, scaler)
+            step += 1
+            loss = loss.detach()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+            batch_sum = torch.stack([loss.double() * len(labels),
+                                     torch.tensor(float(len(labels)), dtype=torch.float64, device=d.device)])
+            loss_sum += batch_sum
+            epoch_sum += batch_sum
+            n_images += cfg.batch_size
+            log_images += cfg.batch_size
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
+                all_reduce_sum(loss_sum, d.dp_group)  # the mean over the global batch
+                mean_loss = (loss_sum[0] / loss_sum[1]).item()  # sync point
+                t = time.perf_counter()
+                metrics.log({"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+                             "img_per_s": log_images / (t - t_log),
+                             "data_wait_frac": wait / max(t - t_epoch, 1e-9)})
+                log(d, f"step {step:6d} epoch {epoch} loss {mean_loss:.4f} lr {lr:.5f} "
+                       f"{log_images / (t - t_log):.0f} img/s")
+                loss_sum.zero_()
+                t_log, log_images = t, 0
+            if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0:
+                checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
+                checkpoint(step)
+            tick = time.perf_counter()
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
+        if train_loader.state_dict()["epoch"] == epoch:  # stopped mid-epoch by max_steps
+            checkpoint(step)
+            break
+        end_epoch(epoch, epoch_sum, n_images, wait, time.perf_counter() - t_epoch, net, val_loaders,
+                  len(ds["val"]) if val_loaders else 0, schedule, metrics, amp, cfg, d)
+        checkpoint(step, tag=f"epoch{epoch:03d}")
+        epoch += 1
+        if d.is_main:
+            metrics.plot(out / "curves.png")
+    if d.is_main:
+        metrics.plot(out / "curves.png")
+    metrics.close()
+    log(d, f"done at step {step}, epoch {epoch}: {out}")
+
+
+# -- the loop's helpers: each takes what it needs, the loop owns step, epoch and first_bad --------
+
 def log(d, msg: str) -> None:
     if d.is_main:
         print(msg, flush=True)
+
+
+def finished(cfg, step: int, epoch: int) -> bool:
+    return bool(cfg.max_steps and step >= cfg.max_steps) or epoch >= cfg.epochs
+
+
+def resume(ckpt_dir: Path, out: Path, cfg, d, model, optimizer, schedule, train_loader) -> tuple[int, int]:
+    """(step, epoch) to start from: restored from ckpt_dir/latest.pt when there is one (model,
+    momentum, schedule, loader position, RNG), else (0, 0) with the dropout RNG seeded."""
+    resume_from = ckpt.latest(ckpt_dir)
+    if resume_from is None:
+        if (out / "config.yaml").exists() and d.is_main:
+            import yaml
+            check_resume(yaml.safe_load((out / "config.yaml").read_text()), cfg)  # refuse another run's out
+        torch.manual_seed(cfg.seed * 1000 + d.rank)  # dropout: its own stream on every rank
+        return 0, 0
+    state = torch.load(resume_from, map_location="cpu", weights_only=False)
+    changed = check_resume(state["config"], cfg)
+    ckpt.load_full_state(model, optimizer, state["model"], state["momentum"], d)
+    schedule.load_state_dict(state["schedule"])
+    train_loader.load_state_dict(state["data"])
+    step, epoch = state["step"], state["data"]["epoch"]
+    if not ckpt.restore_rng(state["rng"], d):
+        log(d, f"note: world size changed ({len(state['rng'])} -> {d.world}): dropout RNG differs")
+    log(d, f"resumed from {resume_from} at step {step}, epoch {epoch}" +
+        (f" (config changes accepted: {changed})" if changed else ""))
+    return step, epoch
+
+
+def save_checkpoint(ckpt_dir: Path, cfg, d, model, optimizer, schedule, train_loader, step: int,
+                    tag: str | None = None) -> None:
+    """Collective: latest.pt (and tag.pt) written atomically by global rank 0."""
+    model_state, momentum = ckpt.full_state(model, optimizer, d)  # collective over mp
+    rng = ckpt.gather_rng(d)                                        # collective over world
+    if d.is_main:
+        state = {"model": model_state, "momentum": momentum, "schedule": schedule.state_dict(),
+                 "rng": rng, "data": train_loader.state_dict(), "step": step,
+                 "config": to_dict(cfg)}
+        ckpt.save_atomic(state, ckpt_dir / "latest.pt")
+        if tag:
+            ckpt.save_atomic(state, ckpt_dir / f"{tag}.pt")
+
+
+def check_finite(model, first_bad: torch.Tensor, since: int, step: int, epoch: int, ckpt_dir: Path,
+                 d) -> int:
+    """Collective: stop every rank if any saw a NaN/inf loss in steps since+1..step, or holds a
+    non-finite weight (an overflowing update can follow a finite loss). Every checkpoint is
+    written after this check, so latest.pt stays the last good state. Returns step: checked."""
+    finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
+    flag = torch.stack([first_bad >= 0, ~finite]).double()
+    all_reduce_sum(flag, d.dp_group)
+    all_reduce_sum(flag, d.mp_group)  # the towers hold different weights
+    bad_loss, bad_weights = flag.tolist()  # sync point
+    if bad_loss or bad_weights:
+        span = f"step {step}" if since + 1 == step else f"steps {since + 1}..{step}"
+        where = f"step {first_bad.item()}" if first_bad.item() >= 0 else span
+        what = f"loss at {where}" if bad_loss else f"weights after {span}"
+        last = ckpt.latest(ckpt_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingError(f"non-finite {what} (epoch {epoch}); stopped, {kept}")
+    return step
+
+
+def end_epoch(epoch: int, epoch_sum: torch.Tensor, n_images: int, wait: float, elapsed: float, net,
+              val_loaders: dict, n_val: int, schedule, metrics, amp, cfg, d) -> None:
+    """Collective: the finished epoch's row (train loss reduced over dp, val metrics when due, the
+    plateau check that may cut the lr) logged to metrics.jsonl and the console."""
+    all_reduce_sum(epoch_sum, d.dp_group)
+    row = {"kind": "epoch", "epoch": epoch, "train_loss": (epoch_sum[0] / epoch_sum[1]).item(),
+           "val_loss": None, "val_top1": None, "val_top5": None, "val_top1_10crop": None,
+           "img_per_s": n_images / elapsed, "data_wait_frac": wait / elapsed}
+    if val_loaders and (epoch + 1) % cfg.eval_every == 0:
+        one = evaluate(net, val_loaders["one"], d, amp, False, n_val)
+        row.update(val_loss=one["loss"], val_top1=one["top1"], val_top5=one["top5"])
+        if "ten" in val_loaders:
+            row["val_top1_10crop"] = evaluate(net, val_loaders["ten"], d, amp, True, n_val)["top1"]
+        if schedule.observe(one["top1"]):
+            log(d, f"val top-1 plateaued: lr cut {schedule.cuts} of {cfg.plateau_max_cuts}")
+    metrics.log(row)
+    log(d, "epoch {epoch}: train loss {train_loss:.4f}".format(**row) +
+        (" val loss {val_loss:.4f} top-1 {val_top1:.4f} top-5 {val_top5:.4f}".format(**row)
+         if row["val_loss"] is not None else "") +
+        (" top-1 10-crop {:.4f}".format(row["val_top1_10crop"]) if row["val_top1_10crop"] is not None else "") +
+        f", {row['img_per_s']:.0f} img/s")
+    if row["data_wait_frac"] > 0.05:
+        log(d, f"epoch {epoch}: data-bound: training waited for the loader "
+               f"{100 * row['data_wait_frac']:.0f}% of the time")
 
 
 def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:
@@ -73,211 +296,6 @@ def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:
     if int(count) != n_expected:
         raise TrainingError(f"evaluation counted {int(count)} val samples, the split has {n_expected}")
     return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count}
-
-
-def main(config=None, **overrides):
-    cfg = make_config(config, **overrides)
-    out = Path(cfg.out)
-    d = init_distributed(cfg.mp, cfg.device)
-    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) and \
-            os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        log(d, "note: torchrun restarts reuse one rendezvous store and can fail on stale peer "
-               "addresses (pytorch/pytorch#135712); launch with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
-    try:
-        train(cfg, out, d)
-    finally:
-        cleanup()
-
-
-def train(cfg, out: Path, d):
-    # -- data ------------------------------------------------------------------------------------
-    ds = pipeline.open_dataset(cfg.data)
-    if cfg.batch_size % d.dp_size:
-        raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
-                          f"{d.dp_size} data-parallel ranks")
-    common = dict(crop=cfg.crop, device=d.device.type, dp_rank=d.dp_rank, dp_size=d.dp_size,
-                  seed=cfg.seed, mean=cfg.mean, channels_last=cfg.channels_last,
-                  num_threads=cfg.loader_threads or None)
-    local_batch = cfg.batch_size // d.dp_size
-    train_loader = pipeline.build_loader(cfg.data, "train", batch_size=local_batch, flip=cfg.flip,
-                                         lighting=cfg.lighting, lighting_form=cfg.lighting_form,
-                                         **common)
-    has_val = "val" in ds and cfg.eval_every > 0
-    val_loaders = {}
-    if has_val:
-        val_loaders["one"] = pipeline.build_loader(cfg.data, "val", batch_size=local_batch, **common)
-        if cfg.ten_crop_eval:
-            val_loaders["ten"] = pipeline.build_loader(cfg.data, "val", batch_size=max(1, local_batch // 10),
-                                                       ten_crop=True, **common)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{cfg.data}: {len(ds['train'])} train samples make no global batch of "
-                          f"{cfg.batch_size}")
-
-    # -- model and optimizer ---------------------------------------------------------------------
-    model = build_model(cfg.model, len(ds.classes), cfg.crop, dropout=cfg.dropout,
-                        bias_init=cfg.bias_init, seed=cfg.seed, mp_group=d.mp_group,
-                        mp_size=d.mp_size, mp_rank=d.mp_rank)
-    model = model.to(d.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    schedule = Schedule(cfg, steps_per_epoch)
-    net = DDP(model, process_group=d.dp_group, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
-        if d.dp_group is not None else model  # gradients averaged over the dp group only
-    if cfg.compile:
-        net = torch.compile(net)
-    if cfg.precision == "fp16" and d.device.type != "cuda":
-        raise ConfigError("precision fp16 needs CUDA; use bf16 on the CPU")
-    def amp():
-        return autocast(d.device.type, cfg.precision)
-
-    scaler = grad_scaler(cfg.precision)
-
-    # -- resume ----------------------------------------------------------------------------------
-    ckpt_dir = out / "checkpoints"
-    step, epoch = 0, 0
-    resume = ckpt.latest(ckpt_dir)
-    if resume is None and (out / "config.yaml").exists() and d.is_main:
-        import yaml
-        check_resume(yaml.safe_load((out / "config.yaml").read_text()), cfg)  # refuse another run's out
-    if resume is not None:
-        state = torch.load(resume, map_location="cpu", weights_only=False)
-        changed = check_resume(state["config"], cfg)
-        ckpt.load_full_state(model, optimizer, state["model"], state["momentum"], d)
-        schedule.load_state_dict(state["schedule"])
-        train_loader.load_state_dict(state["data"])
-        step, epoch = state["step"], state["data"]["epoch"]
-        if not ckpt.restore_rng(state["rng"], d):
-            log(d, f"note: world size changed ({len(state['rng'])} -> {d.world}): dropout RNG differs")
-        log(d, f"resumed from {resume} at step {step}, epoch {epoch}" +
-            (f" (config changes accepted: {changed})" if changed else ""))
-    else:
-        torch.manual_seed(cfg.seed * 1000 + d.rank)  # dropout: its own stream on every rank
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(exist_ok=True)
-        save(cfg, out / "config.yaml")
-    metrics = Metrics(out, d.is_main, resume_step=step, resume_epoch=epoch)
-    log(d, f"{cfg.model}: {sum(p.numel() for p in model.parameters()) * d.mp_size:,} parameters, "
-           f"world {d.world} = dp {d.dp_size} x mp {d.mp_size}, {d.device}, {cfg.precision}; "
-           f"{len(ds['train'])} train images, {steps_per_epoch} steps/epoch of {cfg.batch_size}")
-
-    def save_checkpoint(tag: str | None = None):
-        model_state, momentum = ckpt.full_state(model, optimizer, d)  # collective over mp
-        rng = ckpt.gather_rng(d)                                        # collective over world
-        if d.is_main:
-            state = {"model": model_state, "momentum": momentum, "schedule": schedule.state_dict(),
-                     "rng": rng, "data": train_loader.state_dict(), "step": step,
-                     "config": to_dict(cfg)}
-            ckpt.save_atomic(state, ckpt_dir / "latest.pt")
-            if tag:
-                ckpt.save_atomic(state, ckpt_dir / f"{tag}.pt")
-
-    # -- loop ------------------------------------------------------------------------------------
-    done = lambda: (cfg.max_steps and step >= cfg.max_steps) or epoch >= cfg.epochs  # noqa: E731
-    first_bad = torch.full((), -1, dtype=torch.int64, device=d.device)  # first non-finite loss step
-
-    def check_finite(since: int):
-        """Collective: stop every rank if any saw a NaN/inf loss since the last check, or holds a
-        non-finite weight (an overflowing update can follow a finite loss). Every checkpoint is
-        written after this check, so latest.pt stays the last good state."""
-        finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
-        flag = torch.stack([first_bad >= 0, ~finite]).double()
-        all_reduce_sum(flag, d.dp_group)
-        all_reduce_sum(flag, d.mp_group)  # the towers hold different weights
-        bad_loss, bad_weights = flag.tolist()  # sync point
-        if bad_loss or bad_weights:
-            span = f"step {step}" if since + 1 == step else f"steps {since + 1}..{step}"
-            where = f"step {first_bad.item()}" if first_bad.item() >= 0 else span
-            what = f"loss at {where}" if bad_loss else f"weights after {span}"
-            last = ckpt.latest(ckpt_dir)
-            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-            raise TrainingError(f"non-finite {what} (epoch {epoch}); stopped, {kept}")
-
-    model.train()
-    checked = step
-    while not done():
-        train_loader.set_epoch(epoch)
-        wait = 0.0
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=d.device)  # since the last log
-        epoch_sum = torch.zeros(2, dtype=torch.float64, device=d.device)
-        t_epoch = t_log = tick = time.perf_counter()
-        n_images = log_images = 0
-        for images, labels in train_loader:
-            wait += time.perf_counter() - tick  # blocked on the loader
-            lr = schedule.lr(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with amp():
-                loss = F.cross_entropy(net(images), labels, label_smoothing=cfg.label_smoothing)
-            optimize(loss, optimizer, scaler)
-            step += 1
-            loss = loss.detach()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-            batch_sum = torch.stack([loss.double() * len(labels),
-                                     torch.tensor(float(len(labels)), dtype=torch.float64, device=d.device)])
-            loss_sum += batch_sum
-            epoch_sum += batch_sum
-            n_images += cfg.batch_size
-            log_images += cfg.batch_size
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                check_finite(checked)
-                checked = step
-                all_reduce_sum(loss_sum, d.dp_group)  # the mean over the global batch
-                mean_loss = (loss_sum[0] / loss_sum[1]).item()  # sync point
-                t = time.perf_counter()
-                metrics.log({"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
-                             "img_per_s": log_images / (t - t_log),
-                             "data_wait_frac": wait / max(t - t_epoch, 1e-9)})
-                log(d, f"step {step:6d} epoch {epoch} loss {mean_loss:.4f} lr {lr:.5f} "
-                       f"{log_images / (t - t_log):.0f} img/s")
-                loss_sum.zero_()
-                t_log, log_images = t, 0
-            if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0:
-                check_finite(checked)
-                checked = step
-                save_checkpoint()
-            tick = time.perf_counter()
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-        check_finite(checked)
-        checked = step
-        if train_loader.state_dict()["epoch"] == epoch:  # stopped mid-epoch by max_steps
-            save_checkpoint()
-            break
-        epoch += 1
-        elapsed = time.perf_counter() - t_epoch
-        all_reduce_sum(epoch_sum, d.dp_group)
-        row = {"kind": "epoch", "epoch": epoch - 1, "train_loss": (epoch_sum[0] / epoch_sum[1]).item(),
-               "val_loss": None, "val_top1": None, "val_top5": None, "val_top1_10crop": None,
-               "img_per_s": n_images / elapsed, "data_wait_frac": wait / elapsed}
-        if has_val and epoch % cfg.eval_every == 0:
-            n_val = len(ds["val"])
-            one = evaluate(net, val_loaders["one"], d, amp, False, n_val)
-            row.update(val_loss=one["loss"], val_top1=one["top1"], val_top5=one["top5"])
-            if "ten" in val_loaders:
-                row["val_top1_10crop"] = evaluate(net, val_loaders["ten"], d, amp, True, n_val)["top1"]
-            if schedule.observe(one["top1"]):
-                log(d, f"val top-1 plateaued: lr cut {schedule.cuts} of {cfg.plateau_max_cuts}")
-        metrics.log(row)
-        log(d, "epoch {epoch}: train loss {train_loss:.4f}".format(**row) +
-            (" val loss {val_loss:.4f} top-1 {val_top1:.4f} top-5 {val_top5:.4f}".format(**row)
-             if row["val_loss"] is not None else "") +
-            (" top-1 10-crop {:.4f}".format(row["val_top1_10crop"]) if row["val_top1_10crop"] is not None else "") +
-            f", {row['img_per_s']:.0f} img/s")
-        if row["data_wait_frac"] > 0.05:
-            log(d, f"epoch {epoch - 1}: data-bound: training waited for the loader "
-                   f"{100 * row['data_wait_frac']:.0f}% of the time")
-        save_checkpoint(tag=f"epoch{epoch - 1:03d}")
-        if d.is_main:
-            metrics.plot(out / "curves.png")
-    if d.is_main:
-        metrics.plot(out / "curves.png")
-    metrics.close()
-    log(d, f"done at step {step}, epoch {epoch}: {out}")
 
 
 if __name__ == "__main__":

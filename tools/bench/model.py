@@ -6,8 +6,9 @@
     python tools/benchmark.py train --config=CONFIG --data=DATASET [--steps=60] [--log_every=N]
         [--json=bench_out/train.json] [--quick] [--KEY=VALUE ...]
 
-model: train-step images/s (forward, cross-entropy, backward, SGD step with momentum and weight
-    decay as in trainer/main.py) of ``trainer.models.build_model(name)`` (mp=1) on synthetic tensors
+model: train-step images/s (forward, cross-entropy, backward, and the trainer's optimizer step:
+    ``trainer.optim.build_optimizer`` with the default config's lr, momentum and weight decay) of
+    ``trainer.models.build_model(name)`` (mp=1) on synthetic tensors
     that already sit on the device, so no loader is involved. CPU: wall clock; GPU: CUDA events.
     Warm-up, then --repeats runs of --steps or --seconds; runs disturbed by other processes are
     redone as in tools/bench_loader.py.
@@ -78,7 +79,9 @@ def train_step(name: str, batch_size: int, crop: int, precision: str, channels_l
     import torch
     import torch.nn.functional as F
 
+    from trainer.config import Config
     from trainer.models import build_model
+    from trainer.optim import build_optimizer
     from trainer.step import autocast, grad_scaler, optimize
 
     if precision not in PRECISIONS:
@@ -87,10 +90,7 @@ def train_step(name: str, batch_size: int, crop: int, precision: str, channels_l
         raise ValueError("precision fp16 needs CUDA; use bf16 on the CPU")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = build_model(name, num_classes, crop).to(device, memory_format=fmt).train()
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=0.01, momentum=0.9)
+    optimizer = build_optimizer(net, Config())  # the recipe's defaults, as a training run steps
     if compile:
         net = torch.compile(net)
     scaler = grad_scaler(precision)
