@@ -104,8 +104,9 @@ def latest(ckpt_dir: Path) -> Path | None:
     return path if path.exists() else None
 
 
-class ResumeError(RuntimeError):
-    """The ranks see checkpoints of different runs: no step is taken."""
+class ResumeError(ValueError):
+    """The ranks see checkpoints of different runs: no step is taken (a ValueError, so the CLI
+    prints it as one line)."""
 
 
 def broadcast_object(obj, src: int, d):

@@ -121,6 +121,16 @@ def gather(x: torch.Tensor, group, replicated: bool = False, sizes: list[int] | 
     return x if group is None else _Gather.apply(x, group, replicated, sizes)
 
 
+def broadcast_buffers(module: torch.nn.Module, d: Dist) -> None:
+    """Every dp rank takes dp rank 0's buffers (BatchNorm running statistics), as DDP does before
+    each training forward: after its last step each rank's statistics are its own, and evaluating
+    the unwrapped module must see one set (the set the checkpoint saves)."""
+    if d.dp_group is None:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src=d.mp_rank, group=d.dp_group)  # global rank of dp rank 0 in this group
+
+
 def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
     if group is not None:
         dist.all_reduce(t, group=group)
