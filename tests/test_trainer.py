@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import MAIN, ROOT, base_args, losses, torchrun
+from helpers import MAIN, ROOT, base_args, kill_job, losses, torchrun
 
 
 @pytest.mark.timeout(600)
@@ -218,7 +218,6 @@ def test_two_launchers_c10d_rendezvous_equal_one_node(dataset, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_killed_job_resumes_from_latest_checkpoint_exactly(dataset, tmp_path):
-    import signal
     import time
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -233,7 +232,7 @@ def test_killed_job_resumes_from_latest_checkpoint_exactly(dataset, tmp_path):
         if (killed / "metrics.jsonl").exists() and len(losses(killed)) >= 5:
             break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, launcher and both ranks
+    kill_job(proc)  # the whole job, launcher and both ranks
     proc.wait()
     assert len(losses(killed)) < 12, "the kill came too late to test anything"
     torchrun(2, *base_args(dataset, killed, **common))
@@ -328,7 +327,6 @@ def test_two_nodes_with_node_local_out_killed_and_restarted_resume_exactly(datas
     """The README's two-node command with a node-local ``out`` on each node: both launchers are
     killed mid-run and started again; every rank resumes from the same checkpoint (broadcast by
     the rank that holds it) and the losses are those of an uninterrupted run."""
-    import signal
     import time
 
     common = dict(mp=2, max_steps=12, ckpt_every_steps=2, dropout=0.5)
@@ -342,7 +340,8 @@ def test_two_nodes_with_node_local_out_killed_and_restarted_resume_exactly(datas
             break
         time.sleep(0.05)
     for p in nodes:
-        os.killpg(p.pid, signal.SIGKILL)  # both nodes: launchers and ranks
+        kill_job(p)  # both nodes: launchers and ranks
+    for p in nodes:
         p.communicate()
     assert len(_step_losses(*outs)) < 12, "the kill came too late to test anything"
     assert all((out / "checkpoints" / "latest.pt").exists() for out in outs), "each node keeps its own"
