@@ -346,9 +346,14 @@ def test_two_nodes_with_node_local_out_killed_and_restarted_resume_exactly(datas
     assert len(_step_losses(*outs)) < 12, "the kill came too late to test anything"
     assert all((out / "checkpoints" / "latest.pt").exists() for out in outs), "each node keeps its own"
     nodes = _launch_two_nodes(dataset, outs, _free_port(), **common)
-    for p in nodes:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
+    try:
+        for p in nodes:
+            _, err = p.communicate(timeout=300)  # before the fix: the ranks diverged, then hung
+            assert p.returncode == 0, err[-3000:]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                kill_job(p)
     a, b = losses(whole), _step_losses(*outs)
     assert sorted(b) == list(range(1, 13))
     np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-5)
@@ -361,7 +366,12 @@ def test_two_different_runs_visible_is_one_clear_error_before_any_step(dataset, 
     for out in outs:  # two separate runs, same config
         torchrun(2, *base_args(dataset, out, mp=2, max_steps=2))
     nodes = _launch_two_nodes(dataset, outs, _free_port(), mp=2, max_steps=4)
-    errs = [p.communicate(timeout=300)[1] for p in nodes]
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                kill_job(p)
     assert all(p.returncode != 0 for p in nodes)
     text = "\n".join(errs)
     assert "checkpoints of different runs" in text and str(outs[0]) in text and str(outs[1]) in text
