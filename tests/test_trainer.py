@@ -294,6 +294,8 @@ def test_retention_keeps_the_last_the_best_and_the_asked(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == \
         ["epoch000.pt", "epoch003.pt", "epoch005.pt", "epoch008.pt", "epoch009.pt", "latest.pt"]
     assert len(gone) == 5
+    ckpt.prune(tmp_path, keep_last=9, keep_epochs=[], best_epoch=None)  # more than there are
+    assert len(list(tmp_path.iterdir())) == 6
     ckpt.prune(tmp_path, keep_last=0, keep_epochs=[], best_epoch=None)
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
 
@@ -469,7 +471,8 @@ def test_two_towers_with_an_odd_class_count_train_as_one_module(three_classes, t
     a, b = losses(one), losses(two)
     assert sorted(b) == list(range(1, 7))
     np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-4)
-    assert torch.load(two / "checkpoints" / "latest.pt", weights_only=False)["model"]["fcs.2.weight"].shape[0] == 3
+    state = torch.load(two / "checkpoints" / "latest.pt", weights_only=False)
+    assert state["model"]["fcs.2.weight"].shape[0] == 3  # fc8 whole: the layout-independent form
 
 
 def test_evaluation_of_a_batchnorm_model_uses_one_set_of_statistics(dataset, tmp_path):

@@ -19,8 +19,8 @@ The dict (``latest.pt``, ``epochNNN.pt``):
     step, config, run_id (one per run, kept across resumes), dataset (config.dataset_identity)
 
 Writers: global rank 0, and the first rank of every node that cannot see rank 0's run directory
-(``writers``): each writes into its own ``out``, so a node-local run directory holds the checkpoints
-too. Resume is one collective decision (``resume_state``): every rank reports what its ``out``
+(``is_writer``): each writes into its own ``out``, so a node-local run directory holds the
+checkpoints too. Resume is one collective decision (``resume_state``): every rank reports what its ``out``
 holds, the rank with the newest checkpoint of the run loads it and broadcasts it to all.
 """
 from __future__ import annotations
@@ -118,7 +118,7 @@ def broadcast_object(obj, src: int, d):
     return box[0]
 
 
-def writers(ckpt_dir: Path, d) -> bool:
+def is_writer(ckpt_dir: Path, d) -> bool:
     """Collective: whether this rank writes checkpoints. Rank 0 leaves a probe file in its
     checkpoint directory; the first rank of each node (LOCAL_RANK 0) that does not see it has a
     run directory of its own (node-local storage) and writes there too."""
@@ -150,7 +150,8 @@ def resume_state(ckpt_dir: Path, d) -> dict | None:
     seen = None
     if path is not None:
         head = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        seen = {"run_id": head.get("run_id"), "step": head["step"], "where": f"{socket.gethostname()}:{path.resolve()}"}
+        seen = {"run_id": head.get("run_id"), "step": head["step"],
+                "where": f"{socket.gethostname()}:{path.resolve()}"}
         del head
     views = [seen]
     if d.world > 1:
@@ -161,7 +162,8 @@ def resume_state(ckpt_dir: Path, d) -> dict | None:
         return None
     runs = {v["run_id"] for _, v in holders}
     if len(runs) > 1:
-        listing = "; ".join(f"rank {r}: {v['where']} (run {v['run_id']}, step {v['step']})" for r, v in holders)
+        listing = "; ".join(f"rank {r}: {v['where']} (run {v['run_id']}, step {v['step']})"
+                            for r, v in holders)
         raise ResumeError(f"the ranks see checkpoints of different runs, refusing to guess which to "
                           f"resume: {listing}. Remove the one that does not belong to this job.")
     src, newest = max(holders, key=lambda h: (h[1]["step"], -h[0]))
@@ -184,7 +186,7 @@ def prune(ckpt_dir: Path, keep_last: int, keep_epochs: list[int], best_epoch: in
     ``keep_epochs``; latest.pt is never touched. Returns what was deleted."""
     epochs = sorted((int(m.group(1)), p) for p in ckpt_dir.glob("epoch*.pt")
                     if (m := EPOCH_FILE.search(p.name)))
-    last = {e for e, _ in epochs[len(epochs) - keep_last:]} if keep_last else set()
+    last = {e for e, _ in epochs[-keep_last:]} if keep_last else set()
     keep = last | set(keep_epochs) | ({best_epoch} if best_epoch is not None else set())
     gone = [p for e, p in epochs if e not in keep]
     for p in gone:

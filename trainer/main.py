@@ -203,8 +203,8 @@ def resume(ckpt_dir: Path, out: Path, cfg, d, model, optimizer, scaler, schedule
     travels with every checkpoint: id, dataset identity, best val top-1, the epoch's running sums,
     and whether this rank writes checkpoints."""
     dataset = dataset_identity(cfg.data)
-    writer = ckpt.writers(ckpt_dir, d)
-    state = ckpt.resume_state(ckpt_dir, d)
+    writer = ckpt.is_writer(ckpt_dir, d)  # collective
+    state = ckpt.resume_state(ckpt_dir, d)  # collective: None, or the newest checkpoint on every rank
     if state is None:
         if (out / "config.yaml").exists():
             import yaml

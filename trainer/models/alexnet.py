@@ -18,8 +18,8 @@ tower gets the extra class (37 = 19 + 18; 1 = 1 + 0), and the logits are gathere
 With mp=1 the same network is one module: own-tower convs are groups=2 convolutions, LRN is
 applied to each tower's half of the channels, gathers are the identity. Every parameter of the
 split model is the mp_rank-th part (along dim 0, tensor_split) of the same parameter of the
-one-module model, and both are initialised by drawing the one-module tensors from one generator and slicing, so the
-same seed gives the same network whatever mp and dp are.
+one-module model, and both are initialised by drawing the one-module tensors from one generator and
+slicing, so the same seed gives the same network whatever mp and dp are.
 
 LRN (paper section 3.3): b = a / (k + alpha * sum over 5 adjacent maps of a^2)^beta, k=2,
 alpha=1e-4, beta=0.75. torch's local_response_norm divides alpha by the window size, so it is
