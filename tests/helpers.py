@@ -48,6 +48,27 @@ def torchrun(nproc: int, *args, check=True, timeout=300):
     return res
 
 
+def kill_job(launcher) -> None:
+    """SIGKILL a torchrun launcher (a Popen started with start_new_session=True) and its workers:
+    torchrun starts each worker in a session of its own, so killing the launcher's process group
+    alone leaves the ranks running."""
+    import signal
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended meanwhile
+        if ppid == launcher.pid:
+            workers.append(int(stat.parent.name))
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.killpg(launcher.pid, signal.SIGKILL)
+
+
 def losses(out: Path) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if r["kind"] == "step"}

@@ -137,6 +137,64 @@ def test_kill_inside_the_final_cleanup_is_finished_by_the_rerun(tree, dataset, t
     assert tree_digest(out) == tree_digest(dataset) and not (out / ".work").exists()
 
 
+BUGGY_PREPARE = """
+import runpy, sys
+import pipeline.prepare.convert as convert
+real = convert.to_rgb_square
+def buggy(data, size):  # a bug in our own preprocessing, met on some inputs
+    if len(data) % 7 == 3:
+        raise {error}("injected bug in to_rgb_square")
+    return real(data, size)
+convert.to_rgb_square = buggy
+sys.argv = sys.argv[1:]  # as if tools/prepare_imagenet.py were run itself
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("error", ["IndexError", "ValueError"])
+def test_a_bug_in_our_code_stops_the_conversion_and_is_never_a_skip(tree, tmp_path, error):
+    """Only the input's read and decode errors are skips: an exception of our own code (these two
+    were once recorded as skipped inputs) stops tools/prepare_imagenet.py, and no manifest calls
+    the dataset complete. The CLI prints ValueError as one line, anything else with its traceback."""
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-c", BUGGY_PREPARE.format(error=error),
+                          str(ROOT / "tools" / "prepare_imagenet.py"),
+                          str(tree), str(out), "--size=32", "--shard_size=5", "--workers=2"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode != 0, res.stderr[-2000:]
+    assert "injected bug in to_rgb_square" in res.stderr
+    if error == "IndexError":
+        assert "Traceback" in res.stderr and "IndexError: injected bug" in res.stderr
+    assert not (out / "manifest.json").exists() and not (out / "skipped.json").exists()
+
+
+def test_split_directories_are_fsynced_after_the_renames_before_the_manifest(tree, tmp_path, monkeypatch):
+    """A power loss must never leave a manifest saying "complete" while a shard's rename is still
+    only in the page cache: every split directory is fsynced after its last rename and before
+    manifest.json is renamed into place. Every fsync and rename is recorded, whoever calls it."""
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(a, b, *args, **kw):
+        real_replace(a, b, *args, **kw)
+        events.append(("rename", Path(b).resolve()))
+
+    def fsync(fd):
+        real_fsync(fd)
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).resolve()))
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = (tmp_path / "out").resolve()
+    convert(tree, out, size=32, shard_size=5, workers=1, progress=False)
+    manifest = events.index(("rename", out / "manifest.json"))
+    for split in ("train", "val"):
+        renames = [i for i, (kind, p) in enumerate(events) if kind == "rename" and p.parent == out / split]
+        assert len(renames) == len(list((out / split).iterdir()))
+        synced = [i for i, e in enumerate(events) if e == ("fsync", out / split)]
+        assert any(renames[-1] < i < manifest for i in synced), f"{split}/ not fsynced before the manifest"
+
+
 def _samples(out: Path) -> int:
     m = json.loads((out / "manifest.json").read_text())
     return sum(s["count"] for s in m["splits"].values())
@@ -310,6 +368,24 @@ def test_shard_swapped_for_another_of_the_same_size_found_by_verify(copy):
     pipeline.open_dataset(copy)  # only a checksum can tell
     with pytest.raises(FormatError, match=f"{a}: checksum mismatch"):
         pipeline.open_dataset(copy, verify=True)
+
+
+def test_label_flipped_in_a_shard_is_named_at_open_not_at_the_loss(copy, tmp_path):
+    """One flipped label byte (the shard keeps its size; only verify=True checks sha256): the
+    trainer stops before any step with one line naming the shard, not an IndexError mid-run."""
+    shard = _shard(copy, 1)
+    with open(shard, "rb") as f:
+        header = pipeline.format.unpack_header(f.read(pipeline.format.HEADER_SIZE), shard)
+    data = bytearray(shard.read_bytes())
+    data[int(header["labels_offset"]) + 4 * 2] ^= 0x40  # sample 2's label: 64 + its class
+    _replace(shard, bytes(data))
+    with pytest.raises(FormatError, match=f"{shard}: sample 2 has label 6[4-7], outside the 4 classes"):
+        pipeline.open_dataset(copy)
+    res = subprocess.run([sys.executable, MAIN, *base_args(copy, tmp_path / "run", mp=1)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 1
+    assert f"{shard}: sample 2 has label" in error_line(res.stderr)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 # -- loader: shards change on disk after build_loader ---------------------------------------------

@@ -42,7 +42,7 @@ class CommandLineError(Exception):
 @dataclass(frozen=True)
 class Option:
     name: str
-    kind: type                 # str | int | float | bool
+    kind: type                 # str | int | float | bool | list (of int)
     default: object = None
     required: bool = False     # a positional argument (no default)
     optional: bool = False     # None is a valid value ("--x=None")
@@ -56,6 +56,8 @@ class Option:
 
     def type_name(self) -> str:
         name = self.kind.__name__ if not self.choices else "|".join(map(str, self.choices))
+        if self.kind is list:
+            name = "list of int (comma-separated)"
         return name + (" or None" if self.optional else "")
 
 
@@ -120,6 +122,11 @@ def parse_value(opt: Option, text: str):
             return int(text)
         if opt.kind is float:
             return float(text)
+        if opt.kind is list:  # of integers: 29,59 or [29, 59]
+            items = [v.strip() for v in text.strip().strip("[]").split(",") if v.strip()]
+            if not all(re.fullmatch(r"[+-]?\d+", v) for v in items):
+                raise ValueError
+            return [int(v) for v in items]
     except ValueError:
         raise CommandLineError(f"{opt.flag} expects {'a' if opt.kind is not int else 'an'} "
                                f"{opt.type_name()}, got {text!r}") from None

@@ -60,6 +60,8 @@ class Config:
     eval_every: int = 1            # epochs; 0 = never
     ten_crop_eval: bool = False
     ckpt_every_steps: int = 0      # 0 = only at epoch ends
+    keep_last: int = 2             # epoch checkpoints kept (besides latest.pt and the best val top-1)
+    keep_epochs: list = dataclasses.field(default_factory=list)  # epochs kept for good, e.g. [29, 59]
     override_config: bool = False  # resume even though the config differs from the checkpoint's
 
     def validate(self) -> None:
@@ -82,7 +84,7 @@ class Config:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         for key in ("epochs", "max_steps", "eval_every", "ckpt_every_steps", "lr_step_epochs",
-                    "loader_threads", "plateau_patience", "plateau_max_cuts"):
+                    "loader_threads", "plateau_patience", "plateau_max_cuts", "keep_last"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.epochs == 0 and self.max_steps == 0:
@@ -139,6 +141,8 @@ HELP = {
     "checkpoints": {
         "out": "run directory: config.yaml, metrics.jsonl, checkpoints/, curves.png; reused to resume",
         "ckpt_every_steps": "also checkpoint every this many steps; 0 = only at epoch ends",
+        "keep_last": "epoch checkpoints kept besides latest.pt and the best by val top-1",
+        "keep_epochs": "epochs whose checkpoints are kept for good, e.g. 29,59",
         "override_config": "resume even though the config differs from the checkpoint's",
     },
     "logging": {
@@ -153,7 +157,7 @@ def cli_options() -> list:
     """Every config key as a command-line option (tools/cli.py), grouped as in HELP."""
     from tools.cli import Option
 
-    types = {"int": int, "float": float, "str": str, "bool": bool}
+    types = {"int": int, "float": float, "str": str, "bool": bool, "list": list}
     by_name = {f.name: f for f in fields(Config)}
     options = []
     placed = [(group, name, meaning) for group, keys in HELP.items() for name, meaning in keys.items()
@@ -166,9 +170,15 @@ def cli_options() -> list:
     return options
 
 
-# Changing these on resume cannot change what was already trained.
+# Changing these on resume cannot change what was already trained. ``out`` and ``data`` are
+# paths, not identities: the run is the directory the checkpoint was found in, the dataset is
+# compared by content (check_resume). ``mp`` (and the world size, which is torchrun's) is a layout:
+# the same global batch gives the same training on any dp x mp (README, Training).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "eval_every", "ckpt_every_steps",
-                     "override_config", "loader_threads"}
+                     "override_config", "loader_threads", "keep_last", "keep_epochs", "ten_crop_eval",
+                     "out", "data", "mp"}
+# The checkpoint cannot be loaded into another network: never overridable.
+STRUCTURAL = {"model"}
 
 
 FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -189,6 +199,12 @@ def _coerce(name: str, kind, value):
     elif kind is str:
         if isinstance(value, str):
             return value
+    elif kind is list:  # of ints: fire gives an int for --k=3 and a tuple for --k=3,5
+        items = [value] if isinstance(value, int) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                    for v in items):
+            return sorted(set(items))
+        raise ConfigError(f"{name} must be a list of integers, got {value!r}")
     raise ConfigError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
 
 
@@ -204,7 +220,7 @@ def make_config(path: str | None = None, **overrides) -> Config:
             raise ConfigError(f"{path}: expected a mapping of keys to values")
         values.pop("recipe", None)  # what a recipe reproduces: for people and tests, not a setting
     kinds = {f.name: f.type for f in fields(Config)}
-    types = {"int": int, "float": float, "str": str, "bool": bool}
+    types = {"int": int, "float": float, "str": str, "bool": bool, "list": list}
     for where, given in ((f"in {path}", values), ("on the command line", overrides)):
         unknown = sorted(set(given) - set(kinds))
         if unknown:
@@ -226,9 +242,29 @@ def save(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def check_resume(saved: dict, cfg: Config) -> list[str]:
-    """Keys that differ from the checkpoint's config and matter; raise unless overridden."""
+def dataset_identity(path) -> dict:
+    """What the dataset is, wherever it lies: manifest.json lists every shard's and the statistics'
+    sha256, so its own sha256 names the content (a moved or copied dataset keeps it)."""
+    from pipeline.fileio import sha256_file
+    return {"manifest_sha256": sha256_file(Path(path) / "manifest.json")}
+
+
+def check_resume(saved: dict, cfg: Config, saved_dataset: dict | None = None,
+                 dataset: dict | None = None) -> list[str]:
+    """Keys that differ from the checkpoint's config and matter; raise unless overridden.
+
+    ``--override_config`` accepts changed hyper-parameters, never another dataset (by content) or
+    another model: those checkpoints cannot continue this run."""
+    if saved_dataset is not None and dataset is not None and saved_dataset != dataset:
+        raise ConfigError(f"{cfg.data} is not the dataset {cfg.out} was trained on (manifest.json "
+                          f"sha256 {dataset['manifest_sha256'][:12]}..., the run's "
+                          f"{saved_dataset['manifest_sha256'][:12]}...); a moved or copied dataset "
+                          f"resumes, another one needs another out")
     now = to_dict(cfg)
+    structural = sorted(k for k in STRUCTURAL if k in saved and saved[k] != now.get(k))
+    if structural:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in structural)
+        raise ConfigError(f"{cfg.out} holds a run of another network ({diffs}); use another out")
     changed = sorted(k for k in set(saved) | set(now)
                      if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
     if changed and not cfg.override_config:

@@ -14,7 +14,8 @@ tools/prepare_imagenet.py, through the DALI loader, under torchrun.
         trainer/main.py --config=configs/alexnet_paper.yaml --data=DATA
 
 Reads top to bottom: config -> distributed init -> data -> model -> optimizer -> resume -> loop.
-Run it again with the same command and ``out`` and it resumes from out/checkpoints/latest.pt.
+Run it again with the same command and ``out`` and it resumes from out/checkpoints/latest.pt, the
+newest one any rank sees (``out`` may be node-local), on any dp x mp layout (README, Resuming).
 """
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import pipeline
 from trainer import checkpoint as ckpt
-from trainer.config import ConfigError, check_resume, make_config, save, to_dict
+from trainer.config import ConfigError, check_resume, dataset_identity, make_config, save, to_dict
 from trainer.metrics import Metrics, progress, with_progress
 from trainer.models import build_model
 from trainer.optim import build_optimizer
-from trainer.parallel import all_reduce_sum, cleanup, init_distributed
+from trainer.parallel import all_reduce_sum, broadcast_buffers, cleanup, init_distributed
 from trainer.schedule import Schedule
 from trainer.step import autocast, grad_scaler, optimize
 
@@ -104,7 +105,7 @@ def train(cfg, out: Path, d):
 
     # -- resume ----------------------------------------------------------------------------------
     ckpt_dir = out / "checkpoints"
-    step, epoch = resume(ckpt_dir, out, cfg, d, model, optimizer, schedule, train_loader)
+    step, epoch, run = resume(ckpt_dir, out, cfg, d, model, optimizer, scaler, schedule, train_loader)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(exist_ok=True)
@@ -119,7 +120,9 @@ def train(cfg, out: Path, d):
     # step never syncs, read by check_finite at the next log or checkpoint
     first_bad = torch.full((), -1, dtype=torch.int64, device=d.device)
     checked = step  # check_finite has seen every step up to this one
-    checkpoint = partial(save_checkpoint, ckpt_dir, cfg, d, model, optimizer, schedule, train_loader)
+    checkpoint = partial(save_checkpoint, ckpt_dir, cfg, d, model, optimizer, scaler, schedule,
+                         train_loader, run)
+    carry = run["sums"]  # a mid-epoch checkpoint's running sums, reduced over dp
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)  # for the ETA
     model.train()
     while not finished(cfg, step, epoch):
@@ -127,6 +130,10 @@ def train(cfg, out: Path, d):
         wait = 0.0  # seconds blocked on the loader this epoch
         loss_sum = torch.zeros(2, dtype=torch.float64, device=d.device)  # loss x n, n since the last log
         epoch_sum = torch.zeros(2, dtype=torch.float64, device=d.device)
+        if carry is not None and d.dp_rank == 0:  # counted once: the dp reductions add the rest
+            epoch_sum += torch.tensor(carry["epoch"], dtype=torch.float64, device=d.device)
+            loss_sum += torch.tensor(carry["log"], dtype=torch.float64, device=d.device)
+        carry = None
         t_epoch = t_log = tick = time.perf_counter()
         n_images = log_images = 0
         for images, labels in train_loader:
@@ -162,16 +169,18 @@ def train(cfg, out: Path, d):
                 t_log, log_images = t, 0
             if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0:
                 checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
-                checkpoint(step)
+                checkpoint(step, sums=(epoch_sum, loss_sum))
             tick = time.perf_counter()
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
         if train_loader.state_dict()["epoch"] == epoch:  # stopped mid-epoch by max_steps
-            checkpoint(step)
+            checkpoint(step, sums=(epoch_sum, loss_sum))
             break
-        end_epoch(epoch, epoch_sum, n_images, wait, time.perf_counter() - t_epoch, net, val_loaders,
-                  len(ds["val"]) if val_loaders else 0, schedule, metrics, amp, cfg, d)
+        top1 = end_epoch(epoch, epoch_sum, n_images, wait, time.perf_counter() - t_epoch, model,
+                         val_loaders, len(ds["val"]) if val_loaders else 0, schedule, metrics, amp, cfg, d)
+        if top1 is not None and (run["best"] is None or top1 > run["best"]["top1"]):
+            run["best"] = {"epoch": epoch, "top1": top1}  # retention keeps its checkpoint
         checkpoint(step, tag=f"epoch{epoch:03d}")
         epoch += 1
         if d.is_main:
@@ -193,41 +202,53 @@ def finished(cfg, step: int, epoch: int) -> bool:
     return bool(cfg.max_steps and step >= cfg.max_steps) or epoch >= cfg.epochs
 
 
-def resume(ckpt_dir: Path, out: Path, cfg, d, model, optimizer, schedule, train_loader) -> tuple[int, int]:
-    """(step, epoch) to start from: restored from ckpt_dir/latest.pt when there is one (model,
-    momentum, schedule, loader position, RNG), else (0, 0) with the dropout RNG seeded."""
-    resume_from = ckpt.latest(ckpt_dir)
-    if resume_from is None:
-        if (out / "config.yaml").exists() and d.is_main:
+def resume(ckpt_dir: Path, out: Path, cfg, d, model, optimizer, scaler, schedule,
+           train_loader) -> tuple[int, int, dict]:
+    """Collective, one decision for all ranks: (step, epoch, run) to start from. The newest
+    checkpoint any rank's ``out`` holds is broadcast and restored (model, momentum, GradScaler,
+    schedule, loader position, RNG); without one, (0, 0) with the dropout RNG seeded. ``run``
+    travels with every checkpoint: id, dataset identity, best val top-1, the epoch's running sums,
+    and whether this rank writes checkpoints."""
+    dataset = dataset_identity(cfg.data)
+    writer = ckpt.is_writer(ckpt_dir, d)  # collective
+    state = ckpt.resume_state(ckpt_dir, d)  # collective: None, or the newest checkpoint on every rank
+    if state is None:
+        if (out / "config.yaml").exists():
             import yaml
             check_resume(yaml.safe_load((out / "config.yaml").read_text()), cfg)  # refuse another run's out
         torch.manual_seed(cfg.seed * 1000 + d.rank)  # dropout: its own stream on every rank
-        return 0, 0
-    state = torch.load(resume_from, map_location="cpu", weights_only=False)
-    changed = check_resume(state["config"], cfg)
-    ckpt.load_full_state(model, optimizer, state["model"], state["momentum"], d)
+        return 0, 0, {"id": ckpt.new_run_id(d), "dataset": dataset, "best": None, "sums": None,
+                      "writer": writer}
+    changed = check_resume(state["config"], cfg, state.get("dataset"), dataset)
+    if not ckpt.restore(state, model, optimizer, scaler, d):
+        log(d, f"note: world size changed ({len(state['rng'])} -> {d.world}): dropout RNG differs")
     schedule.load_state_dict(state["schedule"])
     train_loader.load_state_dict(state["data"])
     step, epoch = state["step"], state["data"]["epoch"]
-    if not ckpt.restore_rng(state["rng"], d):
-        log(d, f"note: world size changed ({len(state['rng'])} -> {d.world}): dropout RNG differs")
-    log(d, f"resumed from {resume_from} at step {step}, epoch {epoch}" +
+    log(d, f"resumed from {state['resumed_from']} at step {step}, epoch {epoch}" +
         (f" (config changes accepted: {changed})" if changed else ""))
-    return step, epoch
+    return step, epoch, {"id": state.get("run_id"), "dataset": dataset, "best": state.get("best"),
+                         "sums": state.get("sums"), "writer": writer}
 
 
-def save_checkpoint(ckpt_dir: Path, cfg, d, model, optimizer, schedule, train_loader, step: int,
-                    tag: str | None = None) -> None:
-    """Collective: latest.pt (and tag.pt) written atomically by global rank 0."""
-    model_state, momentum = ckpt.full_state(model, optimizer, d)  # collective over mp
-    rng = ckpt.gather_rng(d)                                        # collective over world
-    if d.is_main:
-        state = {"model": model_state, "momentum": momentum, "schedule": schedule.state_dict(),
-                 "rng": rng, "data": train_loader.state_dict(), "step": step,
-                 "config": to_dict(cfg)}
+def save_checkpoint(ckpt_dir: Path, cfg, d, model, optimizer, scaler, schedule, train_loader,
+                    run: dict, step: int, tag: str | None = None, sums=None) -> None:
+    """Collective: latest.pt (and tag.pt, then retention) written atomically by every writer.
+    ``sums``: the (epoch, since-log) running loss sums of an unfinished epoch, reduced here."""
+    reduced = {"epoch": [0.0, 0.0], "log": [0.0, 0.0]}
+    if sums is not None:
+        both = torch.stack(sums)  # a copy: the loop's own sums stay per rank
+        all_reduce_sum(both, d.dp_group)
+        reduced["epoch"], reduced["log"] = both.tolist()
+    state = ckpt.capture(model, optimizer, scaler, d, schedule=schedule.state_dict(),
+                         data=train_loader.state_dict(), sums=reduced, best=run["best"], step=step,
+                         config=to_dict(cfg), run_id=run["id"], dataset=run["dataset"])
+    if run["writer"]:
         ckpt.save_atomic(state, ckpt_dir / "latest.pt")
         if tag:
             ckpt.save_atomic(state, ckpt_dir / f"{tag}.pt")
+            best = run["best"]["epoch"] if run["best"] else None
+            ckpt.prune(ckpt_dir, cfg.keep_last, cfg.keep_epochs, best)
 
 
 def check_finite(model, first_bad: torch.Tensor, since: int, step: int, epoch: int, ckpt_dir: Path,
@@ -250,19 +271,21 @@ def check_finite(model, first_bad: torch.Tensor, since: int, step: int, epoch: i
     return step
 
 
-def end_epoch(epoch: int, epoch_sum: torch.Tensor, n_images: int, wait: float, elapsed: float, net,
-              val_loaders: dict, n_val: int, schedule, metrics, amp, cfg, d) -> None:
+def end_epoch(epoch: int, epoch_sum: torch.Tensor, n_images: int, wait: float, elapsed: float, model,
+              val_loaders: dict, n_val: int, schedule, metrics, amp, cfg, d) -> float | None:
     """Collective: the finished epoch's row (train loss reduced over dp, val metrics when due, the
-    plateau check that may cut the lr) logged to metrics.jsonl and the console."""
+    plateau check that may cut the lr) logged to metrics.jsonl and the console. Evaluates the
+    unwrapped module with dp rank 0's buffers. Returns the one-crop val top-1 (None: no eval)."""
     all_reduce_sum(epoch_sum, d.dp_group)
     row = {"kind": "epoch", "epoch": epoch, "train_loss": (epoch_sum[0] / epoch_sum[1]).item(),
            "val_loss": None, "val_top1": None, "val_top5": None, "val_top1_10crop": None,
            "img_per_s": n_images / elapsed, "data_wait_frac": wait / elapsed}
     if val_loaders and (epoch + 1) % cfg.eval_every == 0:
-        one = evaluate(net, val_loaders["one"], d, amp, False, n_val)
+        broadcast_buffers(model, d)
+        one = evaluate(model, val_loaders["one"], d, amp, False, n_val)
         row.update(val_loss=one["loss"], val_top1=one["top1"], val_top5=one["top5"])
         if "ten" in val_loaders:
-            row["val_top1_10crop"] = evaluate(net, val_loaders["ten"], d, amp, True, n_val)["top1"]
+            row["val_top1_10crop"] = evaluate(model, val_loaders["ten"], d, amp, True, n_val)["top1"]
         if schedule.observe(one["top1"]):
             log(d, f"val top-1 plateaued: lr cut {schedule.cuts} of {cfg.plateau_max_cuts}")
     metrics.log(row)
@@ -274,6 +297,7 @@ def end_epoch(epoch: int, epoch_sum: torch.Tensor, n_images: int, wait: float, e
     if row["data_wait_frac"] > 0.05:
         log(d, f"epoch {epoch}: data-bound: training waited for the loader "
                f"{100 * row['data_wait_frac']:.0f}% of the time")
+    return row["val_top1"]
 
 
 def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:

@@ -76,31 +76,61 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def split_sizes(n: int, parts: int) -> list[int]:
+    """How ``n`` rows (channels, classes) are cut over ``parts`` ranks: torch.tensor_split's rule,
+    the first ``n % parts`` ranks one more (5 classes over 2 towers: 3 + 2; 1 class: 1 + 0)."""
+    return [n // parts + (r < n % parts) for r in range(parts)]
+
+
+def all_gather_uneven(x: torch.Tensor, group, sizes: list[int], dim: int) -> torch.Tensor:
+    """Concatenate every rank's ``x`` along ``dim``, rank r contributing ``sizes[r]`` rows: gloo and
+    NCCL gather equal shapes only, so each part is padded to the largest and cut after."""
+    widest = max(sizes)
+    pad = list(x.shape)
+    pad[dim] = widest - x.shape[dim]
+    padded = torch.cat([x, x.new_zeros(pad)], dim=dim) if pad[dim] else x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous(), group=group)
+    return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes)], dim=dim)
+
+
 class _Gather(torch.autograd.Function):
-    """All-gather along dim 1 over ``group``. Backward: if the consumers on the ranks differ
-    (each computes its own slice of the next layer), a rank's input influenced every rank's
-    loss, so its gradient is the sum over ranks; if the consumers are replicated (the same loss
-    on every rank), each rank already holds the whole gradient and keeps its own slice."""
+    """All-gather along dim 1 over ``group``, rank r giving ``sizes[r]`` channels. Backward: if the
+    consumers on the ranks differ (each computes its own slice of the next layer), a rank's input
+    influenced every rank's loss, so its gradient is the sum over ranks; if the consumers are
+    replicated (the same loss on every rank), each rank already holds the whole gradient and keeps
+    its own slice."""
 
     @staticmethod
-    def forward(ctx, x, group, replicated):
+    def forward(ctx, x, group, replicated, sizes):
         ctx.group, ctx.replicated = group, replicated
-        ctx.rank, ctx.size = dist.get_rank(group), dist.get_world_size(group)
-        parts = [torch.empty_like(x) for _ in range(ctx.size)]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts, dim=1)
+        ctx.rank = dist.get_rank(group)
+        ctx.sizes = sizes or [x.shape[1]] * dist.get_world_size(group)
+        return all_gather_uneven(x.detach(), group, ctx.sizes, 1)
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous()
         if not ctx.replicated:
             dist.all_reduce(grad, group=ctx.group)
-        return grad.chunk(ctx.size, dim=1)[ctx.rank].contiguous(), None, None
+        start = sum(ctx.sizes[:ctx.rank])
+        return grad.narrow(1, start, ctx.sizes[ctx.rank]).contiguous(), None, None, None
 
 
-def gather(x: torch.Tensor, group, replicated: bool = False) -> torch.Tensor:
-    """Concatenate the mp ranks' ``x`` along dim 1 (channels / features); identity without a group."""
-    return x if group is None else _Gather.apply(x, group, replicated)
+def gather(x: torch.Tensor, group, replicated: bool = False, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate the mp ranks' ``x`` along dim 1 (channels / features), rank r giving ``sizes[r]``
+    (default: equal parts); identity without a group."""
+    return x if group is None else _Gather.apply(x, group, replicated, sizes)
+
+
+def broadcast_buffers(module: torch.nn.Module, d: Dist) -> None:
+    """Every dp rank takes dp rank 0's buffers (BatchNorm running statistics), as DDP does before
+    each training forward: after its last step each rank's statistics are its own, and evaluating
+    the unwrapped module must see one set (the set the checkpoint saves)."""
+    if d.dp_group is None:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src=d.mp_rank, group=d.dp_group)  # global rank of dp rank 0 in this group
 
 
 def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:

@@ -128,6 +128,8 @@ class Dataset:
             self.class_names = [c["name"] or c["id"] for c in m["classes"]]
             self.splits = {name: Split(root, name, info, self.size, self.encoding, verify)
                            for name, info in m["splits"].items()}
+            for split in self.splits.values():
+                _check_labels(split, len(self.classes))
             self.stats = _load_stats(root / m["stats"]["file"], m["stats"], verify)
         except (KeyError, TypeError, AttributeError, IndexError) as e:
             # A manifest edited by hand or written by something else: name it, not a deep KeyError.
@@ -145,6 +147,17 @@ class Dataset:
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
         return f"Dataset({str(self.root)!r}, {self.size}px {self.encoding}, {len(self.classes)} classes, {counts})"
+
+
+def _check_labels(split: Split, n_classes: int) -> None:
+    """Labels are in memory after open: one out of range (a flipped byte) would otherwise crash
+    training hours later inside the loss, naming no file."""
+    for shard in split.shards:
+        bad = np.flatnonzero((shard.labels < 0) | (shard.labels >= n_classes))
+        if len(bad):
+            raise FormatError(f"{shard.path}: sample {bad[0]} has label {shard.labels[bad[0]]}, "
+                              f"outside the {n_classes} classes of manifest.json (the shard is "
+                              f"corrupted)")
 
 
 def _load_stats(path: Path, entry: dict, verify: bool) -> dict[str, np.ndarray]:

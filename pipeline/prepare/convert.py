@@ -194,10 +194,12 @@ def convert_shard(task) -> tuple[str, int, int]:
     try:
         for item in items:
             notes = []  # what a truncated input lost (it is still converted)
+            # Only the input's own faults are skips: it cannot be read (gone, archive cut short,
+            # a pickle or IDX file changed under us) or cannot be decoded. Any other exception is
+            # a bug in this code and stops the conversion with its traceback, never a "skip".
             try:
-                img = to_rgb_square(read_input(src, item.locator), size, notes)
-            except (DecodeError, OSError, LayoutError, ValueError, IndexError) as e:
-                # One unreadable input (or one that changed under us) is skipped, not fatal.
+                img = to_rgb_square(read_input(src, item.locator), size, notes)  # DecodeError only
+            except (LayoutError, OSError, DecodeError) as e:  # read_input: LayoutError, OSError
                 reason = str(e) if isinstance(e, (DecodeError, LayoutError)) else f"{type(e).__name__}: {e}"
                 skipped.append({"split": split, "source": item.source, "reason": reason})
                 continue
@@ -408,6 +410,8 @@ def _convert(src: Path, out: Path, layout, identity: dict, workers: int, progres
         if missing:
             raise OutputError(f"{out}: shards {missing[:5]} (of {len(missing)}) are missing after every "
                               f"rank finished its share; run the same command again to redo them")
+        for split in shards:  # the shards' renames durable before the manifest calls them complete
+            fsync_dir(out / split)
         manifest = _finalize(out, layout, identity, shards)
         report(out, manifest)
     if ranks.world > 1:

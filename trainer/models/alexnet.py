@@ -12,11 +12,14 @@ With mp=2 each rank holds one tower, as on the two GTX 580s (cuda-convnet2's 2-G
     fc7     2048        both towers               ReLU, dropout
     fc8     classes/2   both towers               logits gathered on both ranks
 
+An odd class count (Pets 37, Food-101) splits fc8 unevenly, torch.tensor_split's rule: the first
+tower gets the extra class (37 = 19 + 18; 1 = 1 + 0), and the logits are gathered by those sizes.
+
 With mp=1 the same network is one module: own-tower convs are groups=2 convolutions, LRN is
 applied to each tower's half of the channels, gathers are the identity. Every parameter of the
-split model is the mp_rank-th half (along dim 0) of the same parameter of the one-module model,
-and both are initialised by drawing the one-module tensors from one generator and slicing, so the
-same seed gives the same network whatever mp and dp are.
+split model is the mp_rank-th part (along dim 0, tensor_split) of the same parameter of the
+one-module model, and both are initialised by drawing the one-module tensors from one generator and
+slicing, so the same seed gives the same network whatever mp and dp are.
 
 LRN (paper section 3.3): b = a / (k + alpha * sum over 5 adjacent maps of a^2)^beta, k=2,
 alpha=1e-4, beta=0.75. torch's local_response_norm divides alpha by the window size, so it is
@@ -30,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..parallel import gather
+from ..parallel import gather, split_sizes
 
 TOWERS = 2
 LRN = dict(size=5, alpha=5 * 1e-4, beta=0.75, k=2.0)
@@ -74,9 +77,8 @@ class AlexNet(nn.Module):
                  bias_init: float = 1.0, mp_group=None, mp_size: int = 1, mp_rank: int = 0,
                  generator: torch.Generator | None = None, weight_std: float = 0.01):
         super().__init__()
-        if num_classes % mp_size:
-            raise ValueError(f"alexnet with mp={mp_size} splits fc8 in halves: num_classes "
-                             f"({num_classes}) must be even")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         convs = list(spec["convs"])
         if spec is PAPER and crop == 227:
             convs[0] = Conv(96, 11, 4, 0, True, True, True, False)  # 227 needs no padding for 55x55
@@ -95,9 +97,11 @@ class AlexNet(nn.Module):
                                  groups=TOWERS // mp_size)
             self.convs.append(conv)
             in_full = c.out
-        widths = [in_full * side * side] + list(spec["fc"]) + [num_classes]
+        widths = [in_full * side * side] + list(spec["fc"])
         self.fcs = nn.ModuleList(nn.Linear(widths[i], widths[i + 1] // mp_size)
                                  for i in range(len(widths) - 1))
+        self.class_sizes = split_sizes(num_classes, mp_size)  # fc8 rows per tower
+        self.fcs.append(nn.Linear(widths[-1], self.class_sizes[mp_rank]))
         self.drop = nn.Dropout(dropout)
         self.bias_one = [c.bias_one for c in convs] + [True] * len(spec["fc"]) + [False]
         self.reset_parameters(generator, bias_init, weight_std)
@@ -105,13 +109,14 @@ class AlexNet(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator, bias_init: float, weight_std: float) -> None:
         """Paper init: weights N(0, weight_std), biases bias_init in conv2/4/5, fc6/7, else 0.
-        Draws the full (mp=1) tensor and keeps this rank's half: layout-independent."""
+        Draws the full (mp=1) tensor and keeps this rank's part: layout-independent."""
         layers = list(self.convs) + list(self.fcs)
+        fc8 = layers[-1]
         for layer, one in zip(layers, self.bias_one):
             full = list(layer.weight.shape)
-            full[0] *= self.mp
+            full[0] = sum(self.class_sizes) if layer is fc8 else full[0] * self.mp
             w = torch.randn(full, generator=generator) * weight_std
-            layer.weight.copy_(w.chunk(self.mp, dim=0)[self.rank])
+            layer.weight.copy_(w.tensor_split(self.mp, dim=0)[self.rank])
             layer.bias.fill_(bias_init if one else 0.0)
 
     def _lrn(self, x):
@@ -132,4 +137,5 @@ class AlexNet(nn.Module):
             x = fc(gather(x, self.group))                   # input from both towers
             if i < len(self.fcs) - 1:
                 x = self.drop(F.relu(x))                    # fc6, fc7: (N, 2048 per tower)
-        return gather(x, self.group, replicated=True)       # (N, num_classes) on every rank
+        return gather(x, self.group, replicated=True,       # (N, num_classes) on every rank
+                      sizes=self.class_sizes)
