@@ -141,6 +141,23 @@ def test_parse_errors(argv, match):
         parse_args(OPTIONS, argv)
 
 
+@pytest.mark.parametrize("text,expected", [("29,59", [29, 59]), ("[29, 59, 89]", [29, 59, 89]),
+                                           ("7", [7]), ("[]", [])])
+def test_list_of_int_options(text, expected):
+    """--keep_epochs: a comma-separated list, with or without brackets, handed on as a list."""
+    opt = Option("keep_epochs", list, [], meaning="epochs")
+    assert cli.parse_value(opt, text) == expected
+    with pytest.raises(cli.CommandLineError, match="--keep_epochs expects a list of int"):
+        cli.parse_value(opt, "29,last")
+
+
+def test_trainer_list_key_reaches_the_config():
+    from trainer.config import make_config
+
+    assert make_config(None, data="d", keep_epochs=[29, 59]).keep_epochs == [29, 59]
+    assert make_config(None, data="d", keep_epochs=(3, 5)).keep_epochs == [3, 5]  # fire's tuple
+
+
 # -- errors: only the user's become one line -----------------------------------------------------
 
 def test_user_errors_are_one_line_bugs_keep_their_traceback(capsys):

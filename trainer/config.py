@@ -165,7 +165,8 @@ def cli_options() -> list:
     placed += [("other", name, "") for name in by_name if not any(name == p[1] for p in placed)]
     for group, name, meaning in placed:
         f = by_name[name]
-        options.append(Option(name, types[f.type], f.default, meaning=meaning, group=group,
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        options.append(Option(name, types[f.type], default, meaning=meaning, group=group,
                               choices=CHOICES.get(name, ())))
     return options
 
