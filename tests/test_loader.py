@@ -13,7 +13,7 @@ def reference(ds, split, i, x, y, flip, alpha, crop, mean, form="code"):
     """What the paper's augmentation makes of sample i, in float64, CHW."""
     img = ds[split][int(i)][0].astype(np.float64)
     s = ds.stats
-    scale = np.sqrt(s["eigval"]) if form == "code" else s["eigval"]
+    scale = np.sqrt(s["eigval"]) if form == "code" else s["eigval"] / 255  # paper: lambda for [0, 1] pixels
     offset = s["eigvec"] @ (alpha * scale)  # one RGB shift for every pixel of the image
     out = img[y:y + crop, x:x + crop] + offset
     if mean == "pixel":
