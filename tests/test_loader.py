@@ -364,3 +364,21 @@ def test_loader_adds_the_hand_computed_lighting_shift(dataset, form, expected):
     shift = (b - a).numpy()  # (4, 3, 24, 24)
     np.testing.assert_allclose(shift, np.broadcast_to(np.array(expected, np.float32)[None, :, None, None],
                                                       shift.shape), atol=1e-4)
+
+
+def test_one_device_rule_for_loader_trainer_and_benchmarks():
+    from pipeline.device import DeviceError, resolve_device
+    from tools.bench.model import _device
+    from trainer.parallel import init_distributed
+    assert resolve_device("cpu") == torch.device("cpu") == _device("cpu")
+    assert resolve_device("auto") == (torch.device("cuda", torch.cuda.current_device())
+                                      if torch.cuda.is_available() else torch.device("cpu"))
+    assert init_distributed(1, "cpu").device == torch.device("cpu")
+    for bad in ("tpu", "gpu0", 3.5):
+        with pytest.raises(DeviceError, match="device must be 'auto', 'cuda' or 'cpu'"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        for call in (lambda: resolve_device("cuda", index=1), lambda: _device("cuda"),
+                     lambda: init_distributed(1, "cuda")):
+            with pytest.raises(DeviceError, match="CUDA is not available"):
+                call()
