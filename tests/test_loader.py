@@ -382,3 +382,14 @@ def test_one_device_rule_for_loader_trainer_and_benchmarks():
                      lambda: init_distributed(1, "cuda")):
             with pytest.raises(DeviceError, match="CUDA is not available"):
                 call()
+
+
+def test_batches_arrive_ready_for_the_step(dataset):
+    """What the GPU no-sync test (tests/test_gpu.py) needs from the loader, checked on the CPU:
+    labels already int64 on the loader's device, images in the run's dtype and memory format,
+    so the trainer converts and copies nothing per step."""
+    loader = pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cpu",
+                                   dtype=torch.bfloat16, channels_last=True)
+    for x, y in loader:
+        assert y.dtype == torch.int64 and y.device == loader.device == x.device
+        assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
