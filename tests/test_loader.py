@@ -244,9 +244,13 @@ def test_cuda_requested_without_cuda(dataset):
 
 # -- the feed: one pipeline, a ring of reused buffers, clean shutdown -------------------------------
 
-def test_held_batches_keep_their_pixels_while_the_ring_is_reused(dataset):
+@pytest.mark.parametrize("threaded", [True, False])
+def test_held_batches_keep_their_pixels_while_the_ring_is_reused(dataset, monkeypatch, threaded):
     """Every yielded batch is kept (no clone) while later ones are gathered into the same few
-    buffers: none may change under the consumer, across an epoch boundary too."""
+    buffers: none may change under the consumer, across an epoch boundary too. ``threaded``:
+    gathered by the worker threads (as large batches are), else on the calling thread."""
+    from pipeline.load import gather
+    monkeypatch.setattr(gather, "MIN_PART", 1 if threaded else 1 << 40)
     ds = pipeline.open_dataset(dataset)
     loader = pipeline.build_loader(dataset, "train", batch_size=3, crop=24, device="cpu", seed=4,
                                    mean="none", lighting=0.0, prefetch=1, num_threads=2)

@@ -22,6 +22,8 @@ import numba
 import numpy as np
 from numba import typed
 
+MIN_PART = 4 << 20  # bytes: smallest share of a batch worth a worker thread
+
 
 @numba.njit(nogil=True, cache=True)
 def _copy_rows(payloads, shard, row, out, lo, hi):  # pragma: no cover - compiled
@@ -78,9 +80,15 @@ class Gatherer:
         n = len(idx)
         out = self.buffers[slot][:n]
         flat = out.reshape(n, self.record)
-        cuts = np.linspace(0, n, min(self.threads, n) + 1).astype(np.int64)
+        # At least MIN_PART bytes a thread: waking a thread costs more than copying less (GIL
+        # hand-over, ~0.2 ms measured on 2 cores); a small batch is copied here, at once.
+        parts = max(1, min(self.threads, n, n * self.record // MIN_PART))
+        if parts == 1:
+            _copy_rows(self.payloads, shard, row, flat, 0, n)
+            return Batch(out, slot, [])
+        cuts = np.linspace(0, n, parts + 1).astype(np.int64)
         futures = [self.pool.submit(_copy_rows, self.payloads, shard, row, flat, int(a), int(b))
-                   for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+                   for a, b in zip(cuts[:-1], cuts[1:])]
         return Batch(out, slot, futures)
 
     def release(self, batch: Batch) -> None:
