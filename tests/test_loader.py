@@ -363,7 +363,7 @@ def test_loader_adds_the_hand_computed_lighting_shift(dataset, form, expected):
     lit = pipeline.build_loader(dataset, "train", lighting=0.1, **kw)
     lit.stats = dict(lit.stats, eigval=np.array([400.0, 100.0, 25.0]), eigvec=np.eye(3))
     order, d = lit.plan(0)
-    lit._plan_epoch = (0, order, replace(d, alpha=np.tile([0.1, -0.2, 0.3], (len(d.alpha), 1))))
+    lit._plans[0] = (order, replace(d, alpha=np.tile([0.1, -0.2, 0.3], (len(d.alpha), 1))))
     (a, _), (b, _) = next(iter(plain)), next(iter(lit))
     shift = (b - a).numpy()  # (4, 3, 24, 24)
     np.testing.assert_allclose(shift, np.broadcast_to(np.array(expected, np.float32)[None, :, None, None],

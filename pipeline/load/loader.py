@@ -71,7 +71,7 @@ class Loader:
         self.num_threads = num_threads or max(1, min(4, torch.get_num_threads()))
         self.prefetch = prefetch  # batches scheduled ahead in DALI; prefetch + 1 buffers in the ring
         self.epoch, self.step = 0, 0
-        self._plan_epoch = None
+        self._plans = {}  # epoch -> (order, Decisions)
         self._feed = None  # built on first use, then kept: one pipeline for the loader's life
 
     # -- position ------------------------------------------------------------------------------
@@ -96,12 +96,16 @@ class Loader:
 
     # -- what each step holds (also the tests' window into the random decisions) ----------------
     def plan(self, epoch: int):
-        """(order, Decisions) of an epoch, cached for the current one."""
-        if self._plan_epoch is None or self._plan_epoch[0] != epoch:
+        """(order, Decisions) of an epoch, cached for the last two asked for: the next epoch's is
+        drawn while DALI still works on this one's last batches, not at the epoch boundary
+        (O(N): ~50 ms for ImageNet's 1.28M samples)."""
+        if epoch not in self._plans:
             d = decisions(len(self.data), self.seed, epoch, self.size, self.crop, self.flip,
                           self.lighting, random=self.train)
-            self._plan_epoch = (epoch, self.sampler.order(epoch), d)
-        return self._plan_epoch[1], self._plan_epoch[2]
+            self._plans = {k: v for k, v in self._plans.items() if k == max(self._plans)} \
+                if self._plans else {}
+            self._plans[epoch] = (self.sampler.order(epoch), d)
+        return self._plans[epoch]
 
     def indices(self, epoch: int, step: int) -> np.ndarray:
         return self.sampler.indices(self.plan(epoch)[0], step)
@@ -152,6 +156,8 @@ class Loader:
                     if nxt < dali_steps:
                         feed.put(*self.inputs(epoch, nxt))  # gathered while this batch is used
                         nxt += 1
+                        if nxt == dali_steps and self.train:
+                            self.plan(epoch + 1)  # while DALI runs this epoch's last batches
                     batch = self._to_torch(outputs)
                     self._advance(epoch, step, steps)
                     yield batch

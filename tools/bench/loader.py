@@ -2,7 +2,7 @@
 
     python tools/benchmark.py loader [--data=DATASET] [--source=ORIGINAL_DIR] [--batch_size=256]
         [--crop=224] [--steps=N] [--seconds=10] [--repeats=3] [--images=N] [--cache=DIR]
-        [--json=bench_out/loader.json] [--quick]
+        [--json=bench_out/loader.json] [--redo=N] [--extras=False] [--quick]
 
 Every system delivers the same thing: float32 NCHW (contiguous) batches of ``batch_size`` random
 crop x crop windows, mirrored with p = 0.5, normalised with the dataset's per-channel mean and std
@@ -43,6 +43,8 @@ of at least 12 batches and 3 s (FFCV compiles its pipeline here), then --repeats
 is reported. CPU seconds include worker processes; "others busy" is the cores that the rest of the
 machine used meanwhile: a run with > 0.25 is redone after a wait for quiet (at most 2 x repeats
 times; "redone" counts them), so that a shared machine does not decide the comparison.
+--redo=N caps those redone runs (0 on a machine that is never quiet: "others busy" then tells).
+--extras=False leaves out the second table.
 --quick: 64 px data, crop 56, batch 32, ~0.5 s runs (a smoke test, not a figure).
 """
 from __future__ import annotations
@@ -498,7 +500,7 @@ def _measure(spec: dict) -> dict:
     synced = (lambda: (next_batch(), torch.cuda.synchronize())) if device == "cuda" else next_batch
     warm_up(synced, 12, spec["warmup_s"])
     runs = time_steps(next_batch, spec["repeats"], spec["steps"], spec["seconds"], cuda=device == "cuda",
-                      retries=0 if spec["quick"] else 2 * spec["repeats"])
+                      retries=spec["redo"])
     row = rate_row("loader", system, runs, b, workers, crop=ds.size if feed else crop,
                    output_device=device, note=spec["note"], config=spec["config"], **spec["env"])
     row["gb_per_s"] = row["images_per_s"] * bytes_per_image / 1e9
@@ -530,7 +532,8 @@ def _run_child(spec: dict, timeout: float) -> tuple[dict | None, str | None]:
 
 
 def loader(data=None, source=None, json="bench_out/loader.json", batch_size=None, crop=None,
-           steps=None, seconds=None, repeats=None, images=None, cache=None, quick=False, extras=True):
+           steps=None, seconds=None, repeats=None, images=None, cache=None, quick=False, extras=True,
+           redo=None):
     """Loader images/s: DALI (GPU if present, CPU) vs FFCV's Loader vs a torch DataLoader."""
     import torch
 
@@ -599,7 +602,8 @@ def loader(data=None, source=None, json="bench_out/loader.json", batch_size=None
         rows, extra_rows = [], []
         base = dict(data=str(data), beton=str(beton) if beton else None, source=str(source) if source else None,
                     batch_size=batch_size, crop=crop, workers=workers, steps=steps, seconds=seconds,
-                    repeats=repeats, warmup_s=warmup_s, quick=quick, config=config, env=env)
+                    repeats=repeats, warmup_s=warmup_s, quick=quick, config=config, env=env,
+                    redo=(0 if quick else 2 * repeats) if redo is None else redo)
         budget = 60 + (warmup_s + (4 * repeats + 1) * seconds) * 4  # a wait for quiet included
         for system in [s for s in SYSTEMS + EXTRAS if s in notes]:
             print(f"{system}: warming up (own process)", file=sys.stderr, flush=True)
