@@ -1,15 +1,15 @@
 """One DALI pipeline fed batch by batch, for a loader's whole life.
 
-    feed.put(idx, arrays)   start gathering a batch (worker threads) with its per-batch arrays
+    feed.put(key, idx, arrays)  start gathering a batch (worker threads) with its per-batch arrays
     feed.schedule()         hand the oldest gathered batch to DALI (feed_input) and run it
-    feed.get()              the oldest running batch's outputs; its buffer is free again
+    feed.get()              (key, outputs) of the oldest running batch; its buffer is free again
     feed.drain()            finish and drop whatever is in flight (an abandoned epoch)
     feed.close()            drain, stop the threads, destroy the pipeline (idempotent)
 
 Epochs only change what is put; the graph is built once. DALI's own prefetch queue is one deep:
-the loader keeps its look-ahead by scheduling several runs, so it decides exactly which batches
-are computed (an epoch's end schedules nothing beyond it, so ``set_epoch`` or
-``load_state_dict`` never meet stale prefetched batches).
+the loader keeps its look-ahead by scheduling several runs, each tagged with its ``key``
+(epoch, step), so it knows exactly which batches are in flight: it goes on into the next epoch
+at an epoch's end and drops those batches only if the next iteration starts elsewhere.
 """
 from __future__ import annotations
 
@@ -21,19 +21,27 @@ from .gather import Gatherer
 class Feed:
     def __init__(self, pipe, gatherer: Gatherer):
         self.pipe, self.gatherer = pipe, gatherer
-        self.gathering = deque()  # (Batch, arrays): gathered or being gathered, not yet fed
-        self.running = deque()    # Batch: fed to DALI, outputs not yet taken
+        self.gathering = deque()  # (key, Batch, arrays): gathered or being gathered, not yet fed
+        self.running = deque()    # (key, Batch): fed to DALI, outputs not yet taken
         self.closed = False
 
     @property
     def in_flight(self) -> int:
         return len(self.gathering) + len(self.running)
 
-    def put(self, idx, arrays: dict) -> None:
-        self.gathering.append((self.gatherer.submit(idx), arrays))
+    def head(self):
+        """The key of the oldest batch in flight, None when idle."""
+        return self.running[0][0] if self.running else self.gathering[0][0] if self.gathering else None
+
+    def tail(self):
+        """The key of the newest batch in flight, None when idle."""
+        return self.gathering[-1][0] if self.gathering else self.running[-1][0] if self.running else None
+
+    def put(self, key, idx, arrays: dict) -> None:
+        self.gathering.append((key, self.gatherer.submit(idx), arrays))
 
     def schedule(self) -> None:
-        batch, arrays = self.gathering.popleft()
+        key, batch, arrays = self.gathering.popleft()
         try:
             images = batch.wait()
             self.pipe.feed_input("images", images, layout="HWC" if self.gatherer.raw else None)
@@ -46,20 +54,20 @@ class Feed:
             self.gatherer.release(batch)
             self.close()
             raise
-        self.running.append(batch)
+        self.running.append((key, batch))
 
     def get(self):
         """Blocks until the oldest running batch is done; CPU outputs are complete and GPU outputs
         synchronised with the host (sync point with DALI's stream, not the training stream)."""
-        batch = self.running.popleft()
+        key, batch = self.running.popleft()
         try:
-            return self.pipe.outputs()
+            return key, self.pipe.outputs()
         finally:
             self.gatherer.release(batch)
 
     def drain(self) -> None:
         while self.gathering:
-            batch, _ = self.gathering.popleft()
+            _, batch, _ = self.gathering.popleft()
             try:
                 batch.wait()
             finally:
@@ -73,6 +81,11 @@ class Feed:
         self.closed = True
         try:
             self.drain()
+        except (AttributeError, RuntimeError):
+            # At interpreter exit DALI's own exit hook may have destroyed the pipeline first: the
+            # batches in flight are dropped either way, which is all closing asks.
+            self.gathering.clear()
+            self.running.clear()
         finally:
             self.gatherer.close()
             self.pipe = None  # DALI joins its threads here, before the interpreter tears down

@@ -136,39 +136,55 @@ class Loader:
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self):
         epoch, start, steps = self.epoch, self.step, len(self)
-        dali_steps = steps
-        if steps and len(self.indices(epoch, steps - 1)) == 0:
-            dali_steps -= 1  # this rank's share of the last, partial global batch is empty
+        dali_steps = self._dali_steps()
         if start < dali_steps:
             feed = self._get_feed()
-            feed.drain()  # batches of an iteration abandoned before its end
-            nxt = start
+            if feed.head() not in (None, (epoch, start)):
+                feed.drain()  # batches ahead for another position: set_epoch, load_state_dict
+            cursor = self._after(feed.tail()) if feed.tail() else (epoch, start)
+            completed = False
             try:
-                while nxt < dali_steps and feed.in_flight <= self.prefetch:
-                    feed.put(*self.inputs(epoch, nxt))
-                    nxt += 1
-                while feed.gathering and len(feed.running) < self.prefetch:
-                    feed.schedule()
                 for step in range(start, dali_steps):
-                    outputs = feed.get()  # the oldest batch's buffer is free again
-                    if feed.gathering:
-                        feed.schedule()
-                    if nxt < dali_steps:
-                        feed.put(*self.inputs(epoch, nxt))  # gathered while this batch is used
-                        nxt += 1
-                        if nxt == dali_steps and self.train:
-                            self.plan(epoch + 1)  # while DALI runs this epoch's last batches
+                    cursor = self._fill(feed, cursor)
+                    key, outputs = feed.get()  # the oldest batch's buffer is free again
+                    if key != (epoch, step):
+                        raise RuntimeError(f"loader: DALI returned batch {key}, expected {(epoch, step)}")
+                    # Gathered and run while this batch is used; at the epoch's end this goes on
+                    # with the next epoch's first batches, so its start waits for none.
+                    cursor = self._fill(feed, cursor)
                     batch = self._to_torch(outputs)
                     self._advance(epoch, step, steps)
                     yield batch
+                completed = True
             finally:
-                if not feed.closed:
-                    feed.drain()
+                if not completed and not feed.closed:
+                    feed.drain()  # abandoned mid-epoch: nothing of it stays in DALI's queues
         for step in range(max(start, dali_steps), steps):
             self._advance(epoch, step, steps)
             yield self._empty()
         if steps == 0:
             self.epoch, self.step = epoch + 1, 0
+
+    def _fill(self, feed: Feed, cursor):
+        """Keep ``prefetch`` batches running in DALI and one more gathering; returns the next
+        (epoch, step) to put."""
+        while feed.in_flight <= self.prefetch:
+            feed.put(cursor, *self.inputs(*cursor))
+            cursor = self._after(cursor)
+        while feed.gathering and len(feed.running) < self.prefetch:
+            feed.schedule()
+        return cursor
+
+    def _dali_steps(self) -> int:
+        """Steps with a non-empty batch on this rank (the same in every epoch)."""
+        steps = len(self)
+        if steps and len(self.sampler.indices(np.arange(self.sampler.n), steps - 1)) == 0:
+            return steps - 1  # this rank's share of the last, partial global batch is empty
+        return steps
+
+    def _after(self, key):
+        epoch, step = key
+        return (epoch, step + 1) if step + 1 < self._dali_steps() else (epoch + 1, 0)
 
     def close(self) -> None:
         """Stop the gather threads and destroy the DALI pipeline (idempotent; also done when the
