@@ -44,7 +44,7 @@ is reported. CPU seconds include worker processes; "others busy" is the cores th
 machine used meanwhile: a run with > 0.25 is redone after a wait for quiet (at most 2 x repeats
 times; "redone" counts them), so that a shared machine does not decide the comparison.
 --redo=N caps those redone runs (0 on a machine that is never quiet: "others busy" then tells).
---extras=False leaves out the second table.
+--extras=False leaves out the second table (--quick leaves it out unless --extras=True).
 --quick: 64 px data, crop 56, batch 32, ~0.5 s runs (a smoke test, not a figure).
 """
 from __future__ import annotations
@@ -533,7 +533,7 @@ def _run_child(spec: dict, timeout: float) -> tuple[dict | None, str | None]:
 
 
 def loader(data=None, source=None, json="bench_out/loader.json", batch_size=None, crop=None,
-           steps=None, seconds=None, repeats=None, images=None, cache=None, quick=False, extras=True,
+           steps=None, seconds=None, repeats=None, images=None, cache=None, quick=False, extras=None,
            redo=None):
     """Loader images/s: DALI (GPU if present, CPU) vs FFCV's Loader vs a torch DataLoader."""
     import torch
@@ -543,6 +543,7 @@ def loader(data=None, source=None, json="bench_out/loader.json", batch_size=None
     repeats = repeats or (1 if quick else 3)
     seconds = seconds or (0.5 if quick else 10.0)
     warmup_s = 0.2 if quick else 3.0
+    extras = not quick if extras is None else extras
     workers = len(os.sched_getaffinity(0))
     for name, value in (("batch_size", batch_size), ("crop", crop), ("repeats", repeats)):
         if not isinstance(value, int) or value < 1:
