@@ -72,6 +72,7 @@ class Loader:
         self.prefetch = prefetch  # batches scheduled ahead in DALI; prefetch + 1 buffers in the ring
         self.epoch, self.step = 0, 0
         self._plans = {}  # epoch -> (order, Decisions)
+        self._steps_with_data = None
         self._feed = None  # built on first use, then kept: one pipeline for the loader's life
 
     # -- position ------------------------------------------------------------------------------
@@ -176,11 +177,13 @@ class Loader:
         return cursor
 
     def _dali_steps(self) -> int:
-        """Steps with a non-empty batch on this rank (the same in every epoch)."""
-        steps = len(self)
-        if steps and len(self.sampler.indices(np.arange(self.sampler.n), steps - 1)) == 0:
-            return steps - 1  # this rank's share of the last, partial global batch is empty
-        return steps
+        """Steps with a non-empty batch on this rank (the same in every epoch), computed once."""
+        if self._steps_with_data is None:
+            steps = len(self)
+            last = self.sampler.indices(np.arange(self.sampler.n), steps - 1) if steps else []
+            # this rank's share of the last, partial global batch may be empty
+            self._steps_with_data = steps - 1 if steps and len(last) == 0 else steps
+        return self._steps_with_data
 
     def _after(self, key):
         epoch, step = key
