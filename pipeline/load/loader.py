@@ -8,6 +8,9 @@
     state = loader.state_dict()            # {"epoch", "step"}: resume mid-epoch with load_state_dict
     loader.close()                         # optional: also at garbage collection and at exit
 
+``augment=False`` yields the stored uint8 (B, S, S, 3) batches as fed, with their labels: the feed
+alone, for benchmarks (raw datasets only; ``crop`` is then unused).
+
 One DALI pipeline (pipeline/load/graphs.py) serves the loader for its whole life; an epoch only
 changes what is fed. Each batch's samples are located with one vectorised search, gathered by
 worker threads from the memory-mapped shards into a ring of reusable (pinned on CUDA) buffers
