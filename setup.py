@@ -12,6 +12,7 @@ setup(
         "numpy>=1.26",
         "pillow>=10.0",
         "nvidia-dali-cuda130==2.4.0",
+        "numba>=0.59",  # the loader's batch gather (pipeline/load/gather.py): one compiled, GIL-free copy
         "fire>=0.5",
         "tqdm>=4.60",
         "pyyaml>=6.0",

@@ -13,7 +13,7 @@ def reference(ds, split, i, x, y, flip, alpha, crop, mean, form="code"):
     """What the paper's augmentation makes of sample i, in float64, CHW."""
     img = ds[split][int(i)][0].astype(np.float64)
     s = ds.stats
-    scale = np.sqrt(s["eigval"]) if form == "code" else s["eigval"]
+    scale = np.sqrt(s["eigval"]) if form == "code" else s["eigval"] / 255  # paper: lambda for [0, 1] pixels
     offset = s["eigvec"] @ (alpha * scale)  # one RGB shift for every pixel of the image
     out = img[y:y + crop, x:x + crop] + offset
     if mean == "pixel":
@@ -240,3 +240,177 @@ def test_dataset_of_another_version_is_refused(dataset, tmp_path):
 def test_cuda_requested_without_cuda(dataset):
     with pytest.raises(LoaderError, match="CUDA is not available"):
         pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cuda")
+
+
+# -- the feed: one pipeline, a ring of reused buffers, clean shutdown -------------------------------
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_held_batches_keep_their_pixels_while_the_ring_is_reused(dataset, monkeypatch, threaded):
+    """Every yielded batch is kept (no clone) while later ones are gathered into the same few
+    buffers: none may change under the consumer, across an epoch boundary too. ``threaded``:
+    gathered by the worker threads (as large batches are), else on the calling thread."""
+    from pipeline.load import gather
+    monkeypatch.setattr(gather, "MIN_PART", 1 if threaded else 1 << 40)
+    ds = pipeline.open_dataset(dataset)
+    loader = pipeline.build_loader(dataset, "train", batch_size=3, crop=24, device="cpu", seed=4,
+                                   mean="none", lighting=0.0, prefetch=1, num_threads=2)
+    held = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        held += [(epoch, step, x, y) for step, (x, y) in enumerate(loader)]
+    slots = len(loader._feed.gatherer.buffers)
+    assert slots == 2 and len(held) == 16 > slots  # each buffer refilled 8 times
+    for epoch, step, x, y in held:
+        _, d = loader.plan(epoch)
+        for k, i in enumerate(loader.indices(epoch, step)):
+            ref = reference(ds, "train", i, d.crop_x[i], d.crop_y[i], d.flip[i], np.zeros(3), 24, "none")
+            np.testing.assert_array_equal(x[k].numpy(), ref.astype(np.float32))
+            assert y[k] == ds["train"][int(i)][1]
+
+
+def test_one_pipeline_for_the_loaders_life(dataset):
+    """Epochs, an abandoned epoch and a resume change what is fed, never the graph."""
+    loader = pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cpu", seed=1)
+    first = run_epoch(loader, 0)
+    pipe = loader._feed.pipe
+    it = iter(loader)
+    next(it)
+    del it  # abandoned mid-epoch: its scheduled batches are drained, not left in DALI's queues
+    loader.load_state_dict({"epoch": 0, "step": 0, "seed": 1, "global_batch": 4})
+    again = run_epoch(loader, 0)
+    assert loader._feed.pipe is pipe
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(first, again))
+
+
+def test_feed_alone_yields_the_stored_bytes(dataset):
+    ds = pipeline.open_dataset(dataset)
+    loader = pipeline.build_loader(dataset, "val", batch_size=3, crop=32, device="cpu", augment=False)
+    for step, (x, y) in enumerate(run_epoch(loader)):
+        idx = loader.indices(0, step)
+        np.testing.assert_array_equal(x.numpy(), np.stack([ds["val"][int(i)][0] for i in idx]))
+        assert y.dtype == torch.int64 and y.tolist() == [ds["val"][int(i)][1] for i in idx]
+
+
+def test_whole_batch_inputs_are_dense_named_arrays(dataset):
+    """One (B, ...) array per input, whatever the batch size: what feed_input hands DALI."""
+    loader = pipeline.build_loader(dataset, "train", batch_size=5, crop=24, device="cpu")
+    idx, arrays = loader.inputs(0, 1)
+    assert sorted(arrays) == ["crop_x", "crop_y", "labels", "mirror", "shift"]
+    shapes = {k: (v.shape, v.dtype, v.flags.c_contiguous) for k, v in arrays.items()}
+    assert shapes == {"labels": ((5,), np.int32, True), "crop_x": ((5,), np.float32, True),
+                      "crop_y": ((5,), np.float32, True), "mirror": ((5,), np.int32, True),
+                      "shift": ((5, 3), np.float32, True)}
+    _, d = loader.plan(0)
+    np.testing.assert_allclose(arrays["crop_x"], d.crop_x[idx] / 8)  # fractions of 32 - 24
+
+
+SHUTDOWN = """
+import sys, pipeline
+loader = pipeline.build_loader(sys.argv[1], "train", batch_size=4, crop=24, device="cpu")
+it = iter(loader)
+next(it)
+if sys.argv[2] == "mid-epoch":
+    del it, loader
+elif sys.argv[2] == "epoch-end":
+    for _ in it:
+        pass
+    del it, loader
+elif sys.argv[2] == "epoch-end-exit":  # the next epoch's first batches are in flight at exit
+    for _ in it:
+        pass
+elif sys.argv[2] == "close":
+    loader.close()
+    loader.close()
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("when", ["mid-epoch", "epoch-end", "close", "interpreter-exit", "epoch-end-exit"])
+def test_clean_shutdown(dataset, when):
+    """Deleting a loader (or exiting with one suspended mid-epoch) joins its threads: no
+    "terminate called without an active exception" abort, exit status 0."""
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", SHUTDOWN, str(dataset), when], capture_output=True,
+                         text=True, timeout=180)
+    assert res.returncode == 0 and res.stdout.strip() == "done", res.stderr[-3000:]
+    assert "terminate called" not in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
+
+
+def test_lighting_shift_hand_computed_both_forms():
+    """eigval in pixel^2 units; eigvec the identity, so shift_c = alpha_c * scale_c by hand."""
+    from pipeline.load.sampler import lighting_shift
+    alpha = np.array([[0.1, -0.2, 0.3]])
+    eigval, eigvec = np.array([400.0, 100.0, 25.0]), np.eye(3)
+    np.testing.assert_allclose(lighting_shift(alpha, eigval, eigvec, "code"),
+                               [[2.0, -2.0, 1.5]])  # 0.1 * 20, -0.2 * 10, 0.3 * 5
+    np.testing.assert_allclose(lighting_shift(alpha, eigval, eigvec, "paper"),
+                               [[40 / 255, -20 / 255, 7.5 / 255]])  # 0.1 * 400 / 255, ...
+    # ImageNet's leading eigenvalue, 0.2175 for [0, 1] pixels = 14,143 pixel^2: with alpha's std
+    # 0.1, one std of the shift is 0.1 * sqrt(14143) = 11.9 grey levels (code) and
+    # 0.1 * 14143 / 255 = 5.5 (paper), DESIGN.md's ~12 and ~5.
+    big = np.array([[0.1, 0.0, 0.0]])
+    lead = np.array([14143.0, 0.0, 0.0])
+    assert abs(lighting_shift(big, lead, eigvec, "code")[0, 0] - 11.89) < 0.01
+    assert abs(lighting_shift(big, lead, eigvec, "paper")[0, 0] - 5.546) < 0.01
+
+
+@pytest.mark.parametrize("form,expected", [("code", [2.0, -2.0, 1.5]),
+                                           ("paper", [40 / 255, -20 / 255, 7.5 / 255])])
+def test_loader_adds_the_hand_computed_lighting_shift(dataset, form, expected):
+    """Through the DALI graph: alpha fixed, known eigenvalues, the output moves by the shift
+    computed by hand, the same for every pixel of a channel."""
+    from dataclasses import replace
+    kw = dict(batch_size=4, crop=24, device="cpu", seed=2, mean="none", lighting_form=form)
+    plain = pipeline.build_loader(dataset, "train", lighting=0.0, **kw)
+    lit = pipeline.build_loader(dataset, "train", lighting=0.1, **kw)
+    lit.stats = dict(lit.stats, eigval=np.array([400.0, 100.0, 25.0]), eigvec=np.eye(3))
+    order, d = lit.plan(0)
+    lit._plans[0] = (order, replace(d, alpha=np.tile([0.1, -0.2, 0.3], (len(d.alpha), 1))))
+    (a, _), (b, _) = next(iter(plain)), next(iter(lit))
+    shift = (b - a).numpy()  # (4, 3, 24, 24)
+    np.testing.assert_allclose(shift, np.broadcast_to(np.array(expected, np.float32)[None, :, None, None],
+                                                      shift.shape), atol=1e-4)
+
+
+def test_one_device_rule_for_loader_trainer_and_benchmarks():
+    from pipeline.device import DeviceError, resolve_device
+    from tools.bench.model import _device
+    from trainer.parallel import init_distributed
+    assert resolve_device("cpu") == torch.device("cpu") == _device("cpu")
+    assert resolve_device("auto") == (torch.device("cuda", torch.cuda.current_device())
+                                      if torch.cuda.is_available() else torch.device("cpu"))
+    assert init_distributed(1, "cpu").device == torch.device("cpu")
+    for bad in ("tpu", "gpu0", 3.5):
+        with pytest.raises(DeviceError, match="device must be 'auto', 'cuda' or 'cpu'"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        for call in (lambda: resolve_device("cuda", index=1), lambda: _device("cuda"),
+                     lambda: init_distributed(1, "cuda")):
+            with pytest.raises(DeviceError, match="CUDA is not available"):
+                call()
+
+
+def test_batches_arrive_ready_for_the_step(dataset):
+    """What the GPU no-sync test (tests/test_gpu.py) needs from the loader, checked on the CPU:
+    labels already int64 on the loader's device, images in the run's dtype and memory format,
+    so the trainer converts and copies nothing per step."""
+    loader = pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cpu",
+                                   dtype=torch.bfloat16, channels_last=True)
+    for x, y in loader:
+        assert y.dtype == torch.int64 and y.device == loader.device == x.device
+        assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batches_run_ahead_into_the_next_epoch_only_when_it_follows(dataset):
+    """At an epoch's end the loader already runs the next epoch's first batches; they are used
+    if that epoch comes next and dropped if another position is asked for."""
+    kw = dict(batch_size=4, crop=24, device="cpu", seed=6)
+    fresh = {e: run_epoch(pipeline.build_loader(dataset, "train", **kw), e) for e in (1, 5)}
+    loader = pipeline.build_loader(dataset, "train", **kw)
+    run_epoch(loader, 0)
+    assert loader._feed.head() == (1, 0)  # ahead, before anyone asked
+    for epoch in (1, 5):  # 1 follows (its batches are used), 5 does not (they are dropped)
+        got = run_epoch(loader, epoch)
+        assert len(got) == len(fresh[epoch])
+        assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(got, fresh[epoch]))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.device import resolve_device
 from pipeline.errors import UsageError
 
 
@@ -42,17 +43,9 @@ def init_distributed(mp: int, device: str = "auto") -> Dist:
         raise UsageError(f"mp must be 1 or 2, got {mp}")
     if world % mp:
         raise UsageError(f"world size {world} is not divisible by mp={mp}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device=cuda but CUDA is not available")
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    elif device == "cpu":
-        dev = torch.device("cpu")
-    else:
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    dev = resolve_device(device, index=local_rank)  # DeviceError (a ValueError) names the fix
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     d = Dist(rank, local_rank, world, rank // mp, world // mp, rank % mp, mp, dev)
     if world > 1:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,

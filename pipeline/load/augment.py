@@ -1,15 +1,15 @@
 """The augmentation graph as plain DALI functions (paper section 4.1), CPU and GPU alike.
 
-Every random decision arrives as a per-sample input (crop offsets, mirror bit, the lighting
-offset folded into ``mean``), drawn by pipeline/sampler.py, so a NumPy reference fed the same
+Every random decision arrives as a per-sample input (crop positions, mirror bit, the lighting
+shift folded into ``mean``), drawn by pipeline/sampler.py, so a NumPy reference fed the same
 decisions reproduces the output exactly. Per sample, in pixel units 0..255:
 
-    out = flip?(crop(image + offset)) - flip?(crop(mean_image))        mean="pixel"
-    out = (flip?(crop(image)) + offset - channel_mean) / channel_std    mean="channel"
-    out = flip?(crop(image)) + offset                                   mean="none"
+    out = flip?(crop(image + shift)) - flip?(crop(mean_image))        mean="pixel"
+    out = (flip?(crop(image)) + shift - channel_mean) / channel_std    mean="channel"
+    out = flip?(crop(image)) + shift                                   mean="none"
 
-where offset = eigvec @ (alpha * sqrt(eigval)) is the same RGB shift for every pixel (zero for
-val). No clipping after the offset. The mean image is cropped and mirrored with the same window
+where shift = eigvec @ (alpha * s) is the same RGB value for every pixel (sampler.lighting_shift:
+s = sqrt(eigval), or eigval / 255 for the paper's form; zero for val). No clipping after it. The mean image is cropped and mirrored with the same window
 rather than subtracted at full size first: the same numbers, 1.3x fewer pixels touched.
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ import nvidia.dali.types as types
 
 def crop_normalize(images, crop: int, crop_x, crop_y, mirror, mean, std, mean_image, out_type,
                    layout: str):
-    """One crop window per sample. ``crop_x``/``crop_y`` are fractions of (size - crop), as
-    crop_mirror_normalize takes them; ``mean``/``std`` per-sample or constant 3-vectors."""
+    """One crop window per sample. ``crop_x``/``crop_y`` (crop positions) are fractions of
+    (size - crop), as crop_mirror_normalize takes them; ``mean``/``std`` per-sample or constant
+    3-vectors."""
     window = dict(crop=(crop, crop), crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror,
                   output_layout=layout)
     out = fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=types.FLOAT, **window)

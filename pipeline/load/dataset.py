@@ -94,6 +94,16 @@ class Split(Sequence):
         k = bisect.bisect_right(self.starts, i) - 1
         return self.shards[k], i - self.starts[k]
 
+    def locate_many(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard number, row in that shard) of every index in ``idx`` (0 <= idx < len), in one
+        vectorised search over the shards' first indices."""
+        k = np.searchsorted(self._starts, idx, side="right") - 1
+        return k, idx - self._starts[k]
+
+    @cached_property
+    def _starts(self) -> np.ndarray:
+        return np.asarray(self.starts, np.int64)
+
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         shard, j = self.locate(i)
         return shard.image(j), int(shard.labels[j])

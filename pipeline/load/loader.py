@@ -6,30 +6,37 @@
         for images, labels in loader:      # images (N, 3, crop, crop) on the device, labels int64
             ...
     state = loader.state_dict()            # {"epoch", "step"}: resume mid-epoch with load_state_dict
+    loader.close()                         # optional: also at garbage collection and at exit
 
-Samples are gathered from the memory-mapped shards by an external_source callback (only the pages
-a batch touches are read; the split never sits in RAM); the graph in pipeline/augment.py runs on
-the GPU when there is one (``device_id`` = the current CUDA device), else the same graph on the CPU
-(``device_id=None``). Which samples a rank gets and every random decision come from
-pipeline/sampler.py. Pass the data-parallel rank: both ranks of a model-parallel pair must get
-identical batches, so never LOCAL_RANK.
+``augment=False`` yields the stored uint8 (B, S, S, 3) batches as fed, with their labels: the feed
+alone, for benchmarks (raw datasets only; ``crop`` is then unused).
+
+One DALI pipeline (pipeline/load/graphs.py) serves the loader for its whole life; an epoch only
+changes what is fed. Each batch's samples are located with one vectorised search, gathered by
+worker threads from the memory-mapped shards into a ring of reusable (pinned on CUDA) buffers
+that DALI reads in place (pipeline/load/gather.py, feed.py), with labels, crop positions, flips
+and lighting shifts as whole-batch arrays; only the pages a batch touches are read, the split
+never sits in RAM. The graph runs on the GPU when there is one (``device_id`` = the current CUDA
+device), else the same graph on the CPU (``device_id=None``). Which samples a rank gets and every
+random decision come from pipeline/load/sampler.py. Pass the data-parallel rank: both ranks of a
+model-parallel pair must get identical batches, so never LOCAL_RANK.
 """
 from __future__ import annotations
 
-import warnings
+import weakref
 from contextlib import nullcontext
 
 import numpy as np
 import torch
-from nvidia.dali import pipeline_def
-import nvidia.dali.fn as fn
 import nvidia.dali.types as types
-from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from . import augment
+from ..device import DeviceError, resolve_device
 from ..errors import UsageError
+from . import graphs
 from .dataset import open_dataset
-from .sampler import Sampler, decisions, lighting_offset, ten_crop_offsets
+from .feed import Feed
+from .gather import Gatherer
+from .sampler import Sampler, decisions, lighting_shift, ten_crop_windows
 
 MEANS = ("pixel", "channel", "none")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -43,7 +50,7 @@ class Loader:
     def __init__(self, path, split, *, batch_size, crop=224, device="auto", dp_rank=0, dp_size=1,
                  seed=0, flip=True, lighting=0.1, lighting_form="code", mean="pixel",
                  dtype=torch.float32, channels_last=False, ten_crop=False, drop_last=None,
-                 num_threads=None, prefetch=2):
+                 num_threads=None, prefetch=2, augment=True):
         ds = open_dataset(path)  # FormatError (naming the file) for a damaged or foreign dataset
         if split not in ds:
             raise LoaderError(f"{path}: unknown split {split!r}; the dataset has {sorted(ds.splits)}")
@@ -51,19 +58,26 @@ class Loader:
         n = len(self.data)
         _check(batch_size=batch_size, crop=crop, size=ds.size, dp_rank=dp_rank, dp_size=dp_size, n=n,
                mean=mean, dtype=dtype, lighting=lighting, lighting_form=lighting_form,
-               split=split, path=path)
+               prefetch=prefetch, split=split, path=path)
+        if not augment and ds.encoding != "raw":
+            raise LoaderError(f"{path} [{split}]: augment=False (the feed alone) needs a raw dataset")
         self.train = split == "train" and not ten_crop
         self.crop, self.flip, self.lighting, self.lighting_form = crop, flip, lighting, lighting_form
         self.mean, self.dtype, self.channels_last, self.ten_crop = mean, dtype, channels_last, ten_crop
-        self.seed = seed
-        self.device = _resolve_device(device)
+        self.seed, self.augment = seed, augment
+        try:
+            self.device = resolve_device(device)
+        except DeviceError as e:
+            raise LoaderError(str(e)) from None
         drop_last = self.train if drop_last is None else drop_last
         self.sampler = Sampler(n, batch_size, dp_rank, dp_size, seed, shuffle=self.train,
                                drop_last=drop_last)
         self.num_threads = num_threads or max(1, min(4, torch.get_num_threads()))
-        self.prefetch = prefetch
+        self.prefetch = prefetch  # batches scheduled ahead in DALI; prefetch + 1 buffers in the ring
         self.epoch, self.step = 0, 0
-        self._plan_epoch = None
+        self._plans = {}  # epoch -> (order, Decisions)
+        self._steps_with_data = None
+        self._feed = None  # built on first use, then kept: one pipeline for the loader's life
 
     # -- position ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -87,131 +101,165 @@ class Loader:
 
     # -- what each step holds (also the tests' window into the random decisions) ----------------
     def plan(self, epoch: int):
-        """(order, Decisions) of an epoch, cached for the current one."""
-        if self._plan_epoch is None or self._plan_epoch[0] != epoch:
+        """(order, Decisions) of an epoch, cached for the last two asked for: the next epoch's is
+        drawn while DALI still works on this one's last batches, not at the epoch boundary
+        (O(N): ~50 ms for ImageNet's 1.28M samples)."""
+        if epoch not in self._plans:
             d = decisions(len(self.data), self.seed, epoch, self.size, self.crop, self.flip,
                           self.lighting, random=self.train)
-            self._plan_epoch = (epoch, self.sampler.order(epoch), d)
-        return self._plan_epoch[1], self._plan_epoch[2]
+            self._plans = {k: v for k, v in self._plans.items() if k == max(self._plans)} \
+                if self._plans else {}
+            self._plans[epoch] = (self.sampler.order(epoch), d)
+        return self._plans[epoch]
 
     def indices(self, epoch: int, step: int) -> np.ndarray:
         return self.sampler.indices(self.plan(epoch)[0], step)
 
-    def offsets(self, epoch: int, idx: np.ndarray) -> np.ndarray:
-        """The lighting RGB offset (len(idx), 3) in pixel units of these samples."""
+    def shifts(self, epoch: int, idx: np.ndarray) -> np.ndarray:
+        """The PCA lighting shift (len(idx), 3) of these samples, pixel units."""
         d = self.plan(epoch)[1]
-        return lighting_offset(d.alpha[idx], self.stats["eigval"], self.stats["eigvec"], self.lighting_form)
+        return lighting_shift(d.alpha[idx], self.stats["eigval"], self.stats["eigvec"], self.lighting_form)
+
+    def inputs(self, epoch: int, step: int) -> tuple[np.ndarray, dict]:
+        """(sample indices, the named whole-batch arrays fed with them) of one step: a few
+        vectorised numpy calls, whatever the batch size."""
+        idx = self.indices(epoch, step)
+        arrays = {"labels": self.data.labels[idx].astype(np.int32)}
+        if self.train and self.augment:
+            d = self.plan(epoch)[1]
+            room = self.size - self.crop
+            arrays["crop_x"] = (d.crop_x[idx] / max(room, 1)).astype(np.float32)
+            arrays["crop_y"] = (d.crop_y[idx] / max(room, 1)).astype(np.float32)
+            arrays["mirror"] = d.flip[idx].astype(np.int32)
+            light = self.shifts(epoch, idx) if self.lighting > 0 else 0.0
+            # crop_mirror_normalize subtracts its mean: base mean minus the shift adds the shift
+            shift = np.empty((len(idx), 3), np.float32)  # dense: DALI takes no strided input
+            shift[:] = self._base_mean() - light
+            arrays["shift"] = shift
+        return idx, arrays
 
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self):
         epoch, start, steps = self.epoch, self.step, len(self)
-        dali_steps = steps
-        if steps and len(self.indices(epoch, steps - 1)) == 0:
-            dali_steps -= 1  # this rank's share of the last, partial global batch is empty
+        dali_steps = self._dali_steps()
         if start < dali_steps:
-            pipe = self._pipeline(epoch, start, dali_steps)
-            for step in range(start, dali_steps):
-                outputs = pipe.run()
-                images, labels = self._to_torch(pipe, outputs)
-                self._advance(epoch, step, steps)
-                yield images, labels
-            del pipe
+            feed = self._get_feed()
+            if feed.head() not in (None, (epoch, start)):
+                feed.drain()  # batches ahead for another position: set_epoch, load_state_dict
+            cursor = self._after(feed.tail()) if feed.tail() else (epoch, start)
+            completed = False
+            try:
+                for step in range(start, dali_steps):
+                    cursor = self._fill(feed, cursor)
+                    key, outputs = feed.get()  # the oldest batch's buffer is free again
+                    if key != (epoch, step):
+                        raise RuntimeError(f"loader: DALI returned batch {key}, expected {(epoch, step)}")
+                    # Gathered and run while this batch is used; at the epoch's end this goes on
+                    # with the next epoch's first batches, so its start waits for none.
+                    cursor = self._fill(feed, cursor)
+                    batch = self._to_torch(outputs)
+                    self._advance(epoch, step, steps)
+                    yield batch
+                completed = True
+            finally:
+                if not completed and not feed.closed:
+                    feed.drain()  # abandoned mid-epoch: nothing of it stays in DALI's queues
         for step in range(max(start, dali_steps), steps):
             self._advance(epoch, step, steps)
             yield self._empty()
         if steps == 0:
             self.epoch, self.step = epoch + 1, 0
 
+    def _fill(self, feed: Feed, cursor):
+        """Keep ``prefetch`` batches running in DALI and one more gathering; returns the next
+        (epoch, step) to put."""
+        while feed.in_flight <= self.prefetch:
+            feed.put(cursor, *self.inputs(*cursor))
+            cursor = self._after(cursor)
+        while feed.gathering and len(feed.running) < self.prefetch:
+            feed.schedule()
+        return cursor
+
+    def _dali_steps(self) -> int:
+        """Steps with a non-empty batch on this rank (the same in every epoch), computed once."""
+        if self._steps_with_data is None:
+            steps = len(self)
+            last = self.sampler.indices(np.arange(self.sampler.n), steps - 1) if steps else []
+            # this rank's share of the last, partial global batch may be empty
+            self._steps_with_data = steps - 1 if steps and len(last) == 0 else steps
+        return self._steps_with_data
+
+    def _after(self, key):
+        epoch, step = key
+        return (epoch, step + 1) if step + 1 < self._dali_steps() else (epoch + 1, 0)
+
+    def close(self) -> None:
+        """Stop the gather threads and destroy the DALI pipeline (idempotent; also done when the
+        loader is garbage collected and at interpreter exit)."""
+        if self._feed is not None:
+            self._finalizer()
+
     def _advance(self, epoch: int, step: int, steps: int) -> None:
         """Position after yielding ``step``; after the last one it is the next epoch's start, so a
         checkpoint taken there resumes with the next epoch."""
         self.epoch, self.step = (epoch + 1, 0) if step + 1 == steps else (epoch, step + 1)
 
-    def _source(self, epoch: int, start: int, stop: int):
-        """The external_source callback: gathers one batch and its decisions per call."""
-        order, d = self.plan(epoch)
-        shift = self.size - self.crop
-        light = self.train and self.lighting > 0
+    def _base_mean(self) -> np.ndarray:
+        return self.stats["channel_mean"] if self.mean == "channel" else np.zeros(3)
 
-        def callback(info):
-            step = start + info.iteration
-            if step >= stop:
-                raise StopIteration
-            idx = self.sampler.indices(order, step)
-            shards = [self.data.locate(int(i)) for i in idx]
-            if self.data.encoding == "raw":
-                images = [s.payload[j] for s, j in shards]  # memmap views: DALI copies the pages
-            else:
-                images = [np.frombuffer(s.encoded(j), np.uint8) for s, j in shards]
-            labels = [np.array(s.labels[j], np.int32) for s, j in shards]
-            fx = (d.crop_x[idx] / shift if shift else np.zeros(len(idx))).astype(np.float32)
-            fy = (d.crop_y[idx] / shift if shift else np.zeros(len(idx))).astype(np.float32)
-            offset = self.offsets(epoch, idx) if light else np.zeros((len(idx), 3))
-            base = self.stats["channel_mean"] if self.mean == "channel" else np.zeros(3)
-            mean = (base - offset).astype(np.float32)  # CMN subtracts mean: + offset
-            return (images, labels, list(fx), list(fy), list(d.flip[idx].astype(np.int32)), list(mean))
+    def _get_feed(self) -> Feed:
+        if self._feed is None or self._feed.closed:
+            pipe = self._pipeline()
+            gatherer = Gatherer(self.data, self.sampler.batch_size, self.num_threads,
+                                slots=self.prefetch + 1, pinned=self.device.type == "cuda")
+            self._feed = Feed(pipe, gatherer)
+            # The finalizer holds the feed, never the loader: runs at collection or at exit.
+            self._finalizer = weakref.finalize(self, self._feed.close)
+        return self._feed
 
-        return callback
-
-    def _pipeline(self, epoch: int, start: int, stop: int):
+    def _pipeline(self):
         dev = "gpu" if self.device.type == "cuda" else "cpu"
-        layout = "HWC" if self.channels_last and not self.ten_crop else "CHW"
-        out_type = types.FLOAT16 if (self.dtype == torch.float16 and dev == "gpu") else types.FLOAT
-        std = (self.stats["channel_std"] if self.mean == "channel" else np.ones(3)).astype(np.float32).tolist()
-        mean_image = self.stats["mean_image"] if self.mean == "pixel" else None
-        encoding, crop, size, ten = self.data.encoding, self.crop, self.size, self.ten_crop
-        windows = [(x / (size - crop) if size > crop else 0.0, y / (size - crop) if size > crop else 0.0, m)
-                   for x, y, m in ten_crop_offsets(size, crop)]
-
-        @pipeline_def
-        def graph():
-            images, labels, fx, fy, mirror, mean = fn.external_source(
-                source=self._source(epoch, start, stop), num_outputs=6, batch=True, batch_info=True,
-                dtype=[types.UINT8, types.INT32, types.FLOAT, types.FLOAT, types.INT32, types.FLOAT],
-                layout=["HWC" if encoding == "raw" else "", "", "", "", "", ""])
-            if encoding == "jpeg":
-                images = augment.decode(images, dev)
-            elif dev == "gpu":
-                images = images.gpu()
-            const = None
-            if mean_image is not None:
-                const = types.Constant(mean_image, layout="HWC", device=dev)
-            if ten:
-                out = augment.ten_crop(images, crop, windows, mean, std, const, out_type, layout)
+        size, crop = self.size, self.crop
+        kw = dict(batch_size=self.sampler.batch_size, num_threads=self.num_threads,
+                  device_id=self.device.index if dev == "gpu" else None, prefetch_queue_depth=1,
+                  exec_dynamic=True, seed=self.seed, device=dev)
+        if not self.augment:
+            pipe = graphs.feed_pipeline(**kw)
+        else:
+            out_type = types.FLOAT16 if (self.dtype == torch.float16 and dev == "gpu") else types.FLOAT
+            std = (self.stats["channel_std"] if self.mean == "channel" else np.ones(3)).astype(np.float32).tolist()
+            mean_image = self.stats["mean_image"] if self.mean == "pixel" else None
+            common = dict(kw, encoding=self.data.encoding, crop=crop, std=std, mean_image=mean_image,
+                          out_type=out_type)
+            mean = self._base_mean().astype(np.float32).tolist()
+            room = size - crop
+            if self.ten_crop:
+                windows = [(x / room if room else 0.0, y / room if room else 0.0, int(m))
+                           for x, y, m in ten_crop_windows(size, crop)]
+                pipe = graphs.ten_crop_pipeline(windows=windows, mean=mean, **common)
             else:
-                out = augment.crop_normalize(images, crop, fx, fy, mirror, mean, std, const,
-                                             out_type, layout)
-            return out, labels
-
-        device_id = self.device.index if dev == "gpu" else None
-        pipe = graph(batch_size=self.sampler.batch_size, num_threads=self.num_threads,
-                     device_id=device_id, prefetch_queue_depth=self.prefetch,
-                     seed=self.seed)
-        with warnings.catch_warnings():
-            # ten-crop uses fixed windows, so the callback's per-sample crop outputs go unused
-            warnings.filterwarnings("ignore", message=".*are not used.*")
-            pipe.build()
+                layout = "HWC" if self.channels_last else "CHW"
+                if self.train:
+                    pipe = graphs.train_pipeline(layout=layout, **common)
+                else:
+                    c = (room // 2) / room if room else 0.0
+                    pipe = graphs.val_pipeline(window=(c, c), mean=mean, layout=layout, **common)
+        pipe.build()
         return pipe
 
-    def _to_torch(self, pipe, outputs):
+    def _to_torch(self, outputs):
         images, labels = (o.as_tensor() for o in outputs)
-        if pipe.exec_dynamic:
-            # DALI 2.x's dynamic executor gives each output its own memory: hand it to torch
-            # without a copy, as DALI's DALIGenericIterator does. The copy into a fresh tensor
-            # was 70% of a CPU batch's time (BENCHMARKS.md, "Loader").
-            device = torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
-            with device:
-                out = torch.from_dlpack(images)
-        else:
-            stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-            dali_dtype = torch.float16 if images.dtype == types.FLOAT16 else torch.float32
-            out = torch.empty(images.shape(), dtype=dali_dtype, device=self.device)
-            feed_ndarray(images, out, cuda_stream=stream)
+        # DALI's dynamic executor gives each output its own memory: hand it to torch without a
+        # copy (DLPack), as DALI's DALIGenericIterator does; the torch tensor keeps it alive.
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
+            out, labels = torch.from_dlpack(images), torch.from_dlpack(labels)
+        labels = labels.to(torch.int64)  # on the device: a cast kernel, no host sync
+        if not self.augment:
+            return out, labels
         if self.channels_last and not self.ten_crop:
             out = out.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last for free
         if out.dtype != self.dtype:
-            out = out.to(self.dtype)  # bf16 (and fp16 on the CPU, where DALI's fp16 is 3x slower)
-        labels = torch.from_numpy(np.array(labels)).to(self.device, torch.int64, non_blocking=True)
+            out = out.to(self.dtype)  # on the device: bf16 (DALI has none), fp16 on the CPU
         return out, labels
 
     def _empty(self):
@@ -222,22 +270,8 @@ class Loader:
         return images, torch.empty(0, dtype=torch.int64, device=self.device)
 
 
-def _resolve_device(device) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LoaderError("device='cuda' but CUDA is not available (use device='cpu' or 'auto')")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    elif device.type != "cpu":
-        raise LoaderError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
-    return device
-
-
 def _check(*, batch_size, crop, size, dp_rank, dp_size, n, mean, dtype, lighting, lighting_form,
-           split, path):
+           prefetch, split, path):
     def fail(msg):
         raise LoaderError(f"{path} [{split}]: {msg}")
 
@@ -259,6 +293,8 @@ def _check(*, batch_size, crop, size, dp_rank, dp_size, n, mean, dtype, lighting
         fail(f"lighting (the std of alpha) must be >= 0, got {lighting!r}")
     if lighting_form not in ("code", "paper"):
         fail(f"lighting_form must be 'code' or 'paper', got {lighting_form!r}")
+    if not isinstance(prefetch, int) or prefetch < 1:
+        fail(f"prefetch (batches scheduled ahead) must be a positive integer, got {prefetch!r}")
 
 
 def build_loader(path, split, **kwargs) -> Loader:

@@ -2,7 +2,7 @@
 
     python tools/benchmark.py loader [--data=DATASET] [--source=ORIGINAL_DIR] [--batch_size=256]
         [--crop=224] [--steps=N] [--seconds=10] [--repeats=3] [--images=N] [--cache=DIR]
-        [--json=bench_out/loader.json] [--quick]
+        [--json=bench_out/loader.json] [--redo=N] [--extras=False] [--quick]
 
 Every system delivers the same thing: float32 NCHW (contiguous) batches of ``batch_size`` random
 crop x crop windows, mirrored with p = 0.5, normalised with the dataset's per-channel mean and std
@@ -18,15 +18,33 @@ crop x crop windows, mirrored with p = 0.5, normalised with the dataset's per-ch
     torch-dataloader   torch DataLoader over the ORIGINAL JPEGs (needs --source): Pillow decode, resize
                        the short side to the dataset size (bilinear), random crop, flip, /255, normalise
 
-Workers: one per usable core for every system (DALI threads, FFCV threads, DataLoader processes).
+Further figures, in a second table ("extras"), same run, same data:
+
+    ffcv-channels-last FFCV's native output (NCHW view of NHWC memory), without the copy above
+    dali-feed          the feed alone: our gather into the reused buffers and DALI's hand-off of
+                       the stored uint8 (B, S, S, 3) batch, no augmentation (augment=False);
+                       also at a quarter of the batch, to show Python cost per batch not growing
+    numpy-copy         a plain numpy copy of the same bytes: a random batch's records copied one
+                       by one (np.copyto) into a reused buffer, in the same number of threads
+
+Every row also carries: GB/s of the images delivered (uint8 source bytes for the feed rows),
+the Python (main-thread CPU) microseconds per batch and per sample, the first batch of an epoch
+over the median batch (an epoch boundary), and the process's resident memory (anonymous and
+file-backed, MB) after the first and the last epoch.
+
+Each system runs in its own process (``python -m tools.bench.loader``), so that a crash or an
+abort at teardown costs its row (listed as not measured, with the exit status and the last
+line it printed), never the run. Workers: one per usable core for every system (DALI threads,
+FFCV threads, DataLoader processes).
 Without --data it generates photo-size JPEGs (tools.synthetic) and converts them, which gives
 both --source and --data (kept under --cache if given, else deleted). Timing per system: a warm-up
 of at least 12 batches and 3 s (FFCV compiles its pipeline here), then --repeats runs, each of
 --steps batches or as many as fit in --seconds (at most 100,000); the median of the runs' images/s
 is reported. CPU seconds include worker processes; "others busy" is the cores that the rest of the
 machine used meanwhile: a run with > 0.25 is redone after a wait for quiet (at most 2 x repeats
-times; "redone" counts them), so that a shared machine does not decide the comparison. Generated
-data has >= 10 batches an epoch, so epoch starts (DALI builds a pipeline per epoch) weigh little.
+times; "redone" counts them), so that a shared machine does not decide the comparison.
+--redo=N caps those redone runs (0 on a machine that is never quiet: "others busy" then tells).
+--extras=False leaves out the second table (--quick leaves it out unless --extras=True).
 --quick: 64 px data, crop 56, batch 32, ~0.5 s runs (a smoke test, not a figure).
 """
 from __future__ import annotations
@@ -34,9 +52,11 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
+import json as jsonlib
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,8 +77,13 @@ LOADER_COLUMNS = [("system", "system", "s"), ("batch", "batch_size", "d"), ("cro
                   ("cores busy", "cores_busy", ".2f"),
                   ("others busy", "other_cores_busy", ".2f"), ("redone", "discarded_runs", "d"),
                   ("x FFCV", "ratio_vs_ffcv", ".2f"),
-                  ("x torch", "ratio_vs_torch", ".2f"), ("note", "note", "s")]
+                  ("x torch", "ratio_vs_torch", ".2f"), ("GB/s", "gb_per_s", ".2f"),
+                  ("py us/batch", "python_us_per_batch", ".0f"), ("py us/sample", "python_us_per_sample", ".2f"),
+                  ("epoch start / batch", "epoch_start_over_median", ".2f"),
+                  ("anon MB first, last epoch", "rss_anon_mb", "s"), ("note", "note", "s")]
 SYSTEMS = ("dali-gpu", "dali-cpu", "dali-cpu+lighting", "ffcv", "torch-dataloader")  # table order
+EXTRAS = ("ffcv-channels-last", "dali-feed", "dali-feed-quarter", "numpy-copy")
+ROOT = Path(__file__).resolve().parents[2]
 QUICK_SIZES = ((96, 72), (72, 96), (120, 90))  # tiny JPEGs for --quick
 
 
@@ -198,32 +223,102 @@ def rate_row(bench_name: str, system: str, runs: list[dict], batch_size: int, wo
 
 # -- the systems: each returns next_batch() -> (images, labels), cycling over epochs -------------
 
-def _cycle(epoch_iter):
+class Tracker:
+    """Per batch: wall time and main-thread CPU time (the Python cost on the training thread);
+    per epoch: resident memory at its end. ``epoch`` counts the epochs started."""
+
+    def __init__(self):
+        self.epoch, self.batches, self.rss = 0, [], []
+
+    def step(self, batches):
+        """``next_batch()`` over the generator ``batches``, recording each call."""
+        def next_batch():
+            epoch, t, cpu = self.epoch, time.perf_counter(), time.thread_time()
+            batch = next(batches)
+            self.batches.append((self.epoch != epoch, time.perf_counter() - t, time.thread_time() - cpu))
+            return batch
+        return next_batch
+
+    def summary(self, batch_size: int) -> dict:
+        med = statistics.median
+        steady = [dt for first, dt, _ in self.batches if not first]
+        starts = [dt for first, dt, _ in self.batches[1:] if first]  # the very first is start-up
+        python_s = med(cpu for _, _, cpu in self.batches)
+        rss = [self.rss[0], self.rss[-1]] if self.rss else []
+        return {"python_us_per_batch": python_s * 1e6, "python_us_per_sample": python_s * 1e6 / batch_size,
+                "epoch_start_over_median": med(starts) / med(steady) if starts and steady else None,
+                "epochs": self.epoch, "rss_mb_by_epoch": self.rss,
+                "rss_anon_mb": f"{rss[0]['anon']:.0f}, {rss[1]['anon']:.0f}" if rss else None,
+                "rss_file_mb": f"{rss[0]['file']:.0f}, {rss[1]['file']:.0f}" if rss else None}
+
+
+def _rss_mb() -> dict:
+    """This process's resident memory: anonymous (heap, buffers) and file-backed (mapped shards
+    in the page cache, which the kernel may drop), MB."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                out[key[3:].lower()] = int(value.split()[0]) / 1024
+    return out
+
+
+def _cycle(epoch_iter, tracker: Tracker):
     """Batches forever: ``epoch_iter(epoch)`` gives one epoch's iterator."""
-    epoch = 0
     while True:
         got = False
-        for batch in epoch_iter(epoch):
+        for batch in epoch_iter(tracker.epoch):
             got = True
             yield batch
         if not got:
             raise ValueError("an epoch yielded no batch: fewer train samples than one batch")
-        epoch += 1
+        tracker.rss.append(_rss_mb())
+        tracker.epoch += 1
 
 
-def _dali(data, batch_size, crop, workers, device, mean, lighting):
+def _dali(data, batch_size, crop, workers, device, mean, lighting, tracker, augment=True):
     import pipeline
 
     loader = pipeline.build_loader(data, "train", batch_size=batch_size, crop=crop, device=device,
-                                   mean=mean, lighting=lighting, flip=True, num_threads=workers)
+                                   mean=mean, lighting=lighting, flip=True, num_threads=workers,
+                                   augment=augment)
 
     def epoch_iter(epoch):
         loader.set_epoch(epoch)
         return iter(loader)
-    return _cycle(epoch_iter).__next__
+    return tracker.step(_cycle(epoch_iter, tracker))
 
 
-def _ffcv(beton, batch_size, crop, size, stats, workers):
+def _numpy_copy(data, batch_size, workers, tracker):
+    """The same bytes per batch as the feed: a random batch's records, each copied by numpy
+    (``np.copyto`` of one record, a Python loop) from the shard mappings into one reused buffer,
+    the batch split over ``workers`` threads, as the feed splits it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    split = open_dataset(data)["train"]
+    records = [np.asarray(s.payload) for s in split.shards]
+    out = np.empty((batch_size,) + records[0].shape[1:], np.uint8)
+    pool = ThreadPoolExecutor(workers)
+    cuts = np.linspace(0, batch_size, workers + 1).astype(int)
+    rng = np.random.default_rng(0)
+    steps = len(split) // batch_size
+
+    def copy(shard, row, a, b):
+        for i in range(a, b):
+            np.copyto(out[i], records[shard[i]][row[i]])
+
+    def epoch_iter(epoch):
+        for _ in range(steps):
+            shard, row = split.locate_many(rng.permutation(len(split))[:batch_size])
+            jobs = [pool.submit(copy, shard, row, a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+            for job in jobs:
+                job.result()
+            yield out, None
+    return tracker.step(_cycle(epoch_iter, tracker))
+
+
+def _ffcv(beton, batch_size, crop, size, stats, workers, tracker, native=False):
     import torch
     from ffcv.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
@@ -241,10 +336,11 @@ def _ffcv(beton, batch_size, crop, size, stats, workers):
                     os_cache=True, drop_last=True, seed=0, pipelines={"image": image, "label": label})
 
     def epoch_iter(epoch):
-        # ToTorchImage returns an NCHW view of NHWC memory (channels_last): copy to contiguous NCHW
-        # like the other systems deliver; this copy is part of the timing.
+        if native:
+            return iter(loader)  # NCHW view of NHWC memory: channels_last, as FFCV delivers it
+        # Made contiguous NCHW like the other systems deliver; this copy is part of the timing.
         return ((x.contiguous(memory_format=torch.contiguous_format), y) for x, y in loader)
-    return _cycle(epoch_iter).__next__
+    return tracker.step(_cycle(epoch_iter, tracker))
 
 
 class OriginalJPEGs:
@@ -280,14 +376,14 @@ class OriginalJPEGs:
         return x.sub_(self.mean).div_(self.std), item.label
 
 
-def _torch(source, batch_size, crop, size, stats, workers):
+def _torch(source, batch_size, crop, size, stats, workers, tracker):
     import torch
 
     items = detect(source).splits["train"]
     dataset = OriginalJPEGs(source, items, size, crop, stats["channel_mean"], stats["channel_std"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
                                          num_workers=workers, persistent_workers=True)
-    return _cycle(lambda epoch: iter(loader)).__next__
+    return tracker.step(_cycle(lambda epoch: iter(loader), tracker))
 
 
 def _check_batch(system, images, labels, batch_size, crop, device, per_channel: bool):
@@ -350,10 +446,98 @@ def _ratios(rows: list[dict]) -> None:
                                    if "torch-dataloader" in by else None)
 
 
+def _extra_ratios(extras: list[dict], rows: list[dict]) -> None:
+    """The dali rows against FFCV's native layout; the feed rows against the numpy copy."""
+    by = {r["system"]: r for r in rows + extras}
+    native, copy = by.get("ffcv-channels-last"), by.get("numpy-copy")
+    for r in rows:
+        if r["system"].startswith("dali") and native:
+            r["ratio_vs_ffcv_channels_last"] = r["images_per_s"] / native["images_per_s"]
+    for r in extras:
+        if r["system"].startswith("dali-feed") and copy:
+            r["ratio_vs_numpy_copy"] = r["gb_per_s"] / copy["gb_per_s"]
+
+
+# -- one system, in its own process -----------------------------------------------------------------
+
+def _measure(spec: dict) -> dict:
+    """Build ``spec["system"]``, check its first batch, warm up, time it: one row."""
+    import torch
+
+    system, data, b, crop, workers = (spec[k] for k in ("system", "data", "batch_size", "crop", "workers"))
+    ds = open_dataset(data)
+    tracker = Tracker()
+    feed = system.startswith("dali-feed") or system == "numpy-copy"
+    if system == "dali-feed-quarter":
+        b = max(1, b // 4)
+    if system in ("dali-gpu", "dali-cpu"):
+        next_batch = _dali(data, b, crop, workers, "cuda" if system == "dali-gpu" else "cpu", "channel",
+                           0.0, tracker)
+    elif system == "dali-cpu+lighting":
+        next_batch = _dali(data, b, crop, workers, "cpu", "pixel", 0.1, tracker)
+    elif system.startswith("dali-feed"):
+        next_batch = _dali(data, b, ds.size, workers, "cpu", "none", 0.0, tracker, augment=False)
+    elif system == "numpy-copy":
+        next_batch = _numpy_copy(data, b, workers, tracker)
+    elif system in ("ffcv", "ffcv-channels-last"):
+        next_batch = _ffcv(spec["beton"], b, crop, ds.size, ds.stats, workers, tracker,
+                           native=system == "ffcv-channels-last")
+    elif system == "torch-dataloader":
+        next_batch = _torch(Path(spec["source"]), b, crop, ds.size, ds.stats, workers, tracker)
+    else:
+        raise ValueError(f"unknown system {system!r}")
+    device = "cuda" if system == "dali-gpu" else "cpu"
+    images, labels = next_batch()
+    if feed:
+        want = (b, ds.size, ds.size, 3)
+        if tuple(images.shape) != want or images.dtype not in (torch.uint8, np.uint8):
+            raise AssertionError(f"{system}: {tuple(images.shape)} {images.dtype}, expected {want} uint8")
+    elif system == "ffcv-channels-last":
+        _check_batch(system, images.contiguous(), labels, b, crop, device, per_channel=True)
+    else:
+        _check_batch(system, images, labels, b, crop, device, per_channel=system != "dali-cpu+lighting")
+    bytes_per_image = images[0].numel() * images.element_size() if hasattr(images, "element_size") \
+        else images[0].nbytes
+    del images, labels
+    synced = (lambda: (next_batch(), torch.cuda.synchronize())) if device == "cuda" else next_batch
+    warm_up(synced, 12, spec["warmup_s"])
+    runs = time_steps(next_batch, spec["repeats"], spec["steps"], spec["seconds"], cuda=device == "cuda",
+                      retries=spec["redo"])
+    row = rate_row("loader", system, runs, b, workers, crop=ds.size if feed else crop,
+                   output_device=device, note=spec["note"], config=spec["config"], **spec["env"])
+    row["gb_per_s"] = row["images_per_s"] * bytes_per_image / 1e9
+    row.update(tracker.summary(b))
+    return row
+
+
+def _run_child(spec: dict, timeout: float) -> tuple[dict | None, str | None]:
+    """(row, None), or (None, why) when the child crashed, aborted or timed out."""
+    with tempfile.TemporaryDirectory(prefix="bench-loader-child-") as tmp:
+        out = Path(tmp) / "row.json"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        cmd = [sys.executable, "-m", "tools.bench.loader", jsonlib.dumps(spec), str(out)]
+        try:
+            proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=timeout, env=env,
+                                  cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            return None, f"not measured (timed out after {timeout:.0f} s)"
+        sys.stderr.write(proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        if proc.returncode != 0 or not out.exists():
+            last = lines[-1] if lines else "no output"
+            return None, f"not measured (crashed, exit status {proc.returncode}: {last[:200]})"
+        row = jsonlib.loads(out.read_text())
+        if proc.returncode == 0 and any("terminate called" in line for line in lines):
+            row["note"] += "; aborted at teardown"
+        return row, None
+
+
 def loader(data: str | None = None, source: str | None = None, json: str = "bench_out/loader.json",
            batch_size: int | None = None, crop: int | None = None, steps: int | None = None,
            seconds: float | None = None, repeats: int | None = None, images: int | None = None,
-           cache: str | None = None, quick: bool = False):
+           cache: str | None = None, quick: bool = False, extras: bool | None = None,
+           redo: int | None = None):
     """Loader images/s: DALI (GPU if present, CPU) vs FFCV's Loader vs a torch DataLoader.
 
     data: a dataset from tools/prepare_imagenet.py (default: generate and convert one)
@@ -367,6 +551,8 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
     images: how many images to generate without --data
     cache: a folder to keep generated data and .beton exports in between runs (default: a temp dir)
     quick: a smoke test: small generated data, short runs
+    extras: the second table (FFCV's native layout, the feed alone, a numpy copy); default: not with --quick
+    redo: at most this many runs redone when other work used the machine (default: 2 x repeats, 0 with --quick)
     """
     import torch
 
@@ -375,6 +561,7 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
     repeats = repeats or (1 if quick else 3)
     seconds = seconds or (0.5 if quick else 10.0)
     warmup_s = 0.2 if quick else 3.0
+    extras = not quick if extras is None else extras
     workers = len(os.sched_getaffinity(0))
     for name, value in (("batch_size", batch_size), ("crop", crop), ("repeats", repeats)):
         if not isinstance(value, int) or value < 1:
@@ -405,69 +592,83 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
                   "steps_per_epoch": n_train // batch_size, "dtype": "float32", "layout": "NCHW",
                   "mean": "channel", "flip": True, "workers": workers, "warmup_s": warmup_s,
                   "target_run_s": None if steps else seconds, "quick": quick}
-        cuda = torch.cuda.is_available()
-
-        makers, skipped = {}, {}
-        if cuda:
-            makers["dali-gpu"] = (lambda: _dali(data, batch_size, crop, workers, "cuda", "channel", 0.0),
-                                  "cuda", "external_source + crop_mirror_normalize on the GPU")
+        notes, skipped = {}, {}
+        if torch.cuda.is_available():
+            notes["dali-gpu"] = "named whole-batch inputs + crop_mirror_normalize on the GPU"
         else:
             skipped["dali-gpu"] = "not measured (no GPU)"
-        makers["dali-cpu"] = (lambda: _dali(data, batch_size, crop, workers, "cpu", "channel", 0.0), "cpu",
-                              "external_source + crop_mirror_normalize, DALI CPU threads")
-        makers["dali-cpu+lighting"] = (
-            lambda: _dali(data, batch_size, crop, workers, "cpu", "pixel", 0.1), "cpu",
-            "full AlexNet augmentation: mean image + PCA lighting (only ours has it)")
+        notes["dali-cpu"] = "named whole-batch inputs + crop_mirror_normalize, DALI CPU threads"
+        notes["dali-cpu+lighting"] = "full AlexNet augmentation: mean image + PCA lighting (only ours has it)"
+        beton = None
         try:
             from tools.export_ffcv import require_ffcv
             require_ffcv()
             beton = _beton(data, root)
-            makers["ffcv"] = (lambda: _ffcv(beton, batch_size, crop, ds.size, ds.stats, workers), "cpu",
-                              "numba pipeline; channels_last -> NCHW copy timed")
+            notes["ffcv"] = "numba pipeline; channels_last -> NCHW copy timed"
         except ImportError as e:
             skipped["ffcv"] = f"not measured ({e})"
         if source is not None:
-            makers["torch-dataloader"] = (
-                lambda: _torch(Path(source), batch_size, crop, ds.size, ds.stats, workers), "cpu",
-                "Pillow decode + resize of the original JPEGs in worker processes")
+            notes["torch-dataloader"] = "Pillow decode + resize of the original JPEGs in worker processes"
         else:
             skipped["torch-dataloader"] = "not measured (no --source)"
+        if extras:
+            if beton is not None:
+                notes["ffcv-channels-last"] = "FFCV's native output: NCHW view of NHWC memory, no copy"
+            if ds.encoding == "raw":
+                notes["dali-feed"] = ("gather into the reused buffers + DALI hand-off, uint8, no augmentation "
+                                      "(DALI copies the batch out as its output)")
+                notes["dali-feed-quarter"] = f"the same at batch {max(1, batch_size // 4)}"
+                notes["numpy-copy"] = "np.copyto of each record of a random batch, same threads"
 
-        rows = []
-        # The DataLoader forks its workers: do it first, before DALI and FFCV have started threads.
-        for system in sorted(makers, key=lambda s: s != "torch-dataloader"):
-            make, device, note = makers[system]
-            print(f"{system}: warming up", file=sys.stderr, flush=True)
-            next_batch = make()
-            images_, labels = next_batch()
-            _check_batch(system, images_, labels, batch_size, crop, device,
-                         per_channel=system != "dali-cpu+lighting")
-            del images_, labels
-            synced = (lambda: (next_batch(), torch.cuda.synchronize())) if device == "cuda" else next_batch
-            warm_up(synced, 12, warmup_s)
-            runs = time_steps(next_batch, repeats, steps, seconds, cuda=device == "cuda",
-                              retries=0 if quick else 2 * repeats)
-            rows.append(rate_row("loader", system, runs, batch_size, workers, crop=crop,
-                                 output_device=device, note=note, config=config, **env))
-            del next_batch  # ends the system's threads / worker processes before the next one
-            gc.collect()
+        rows, extra_rows = [], []
+        base = dict(data=str(data), beton=str(beton) if beton else None, source=str(source) if source else None,
+                    batch_size=batch_size, crop=crop, workers=workers, steps=steps, seconds=seconds,
+                    repeats=repeats, warmup_s=warmup_s, quick=quick, config=config, env=env,
+                    redo=(0 if quick else 2 * repeats) if redo is None else redo)
+        budget = 60 + (warmup_s + (4 * repeats + 1) * seconds) * 4  # a wait for quiet included
+        for system in [s for s in SYSTEMS + EXTRAS if s in notes]:
+            print(f"{system}: warming up (own process)", file=sys.stderr, flush=True)
+            row, why = _run_child(dict(base, system=system, note=notes[system]), budget)
+            if row is None:
+                skipped[system] = why
+                print(f"{system}: {why}", file=sys.stderr, flush=True)
+            else:
+                (rows if system in SYSTEMS else extra_rows).append(row)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     _ratios(rows)
+    _extra_ratios(extra_rows, rows)
     rows.sort(key=lambda r: SYSTEMS.index(r["system"]))
-    _report(rows, skipped, json, f"loader: {n_train} train images at {ds.size} px -> {crop} crop, "
-                                 f"batch {batch_size}, {repeats} repeats")
+    _report(rows, extra_rows, skipped, json, f"loader: {n_train} train images at {ds.size} px -> {crop} crop, "
+                                             f"batch {batch_size}, {repeats} repeats")
 
 
-def _report(rows: list[dict], skipped: dict, json_path, title: str) -> None:
+EXTRA_COLUMNS = [c for c in LOADER_COLUMNS if c[1] not in ("ratio_vs_ffcv", "ratio_vs_torch")]
+EXTRA_COLUMNS.insert(-1, ("x numpy copy (GB/s)", "ratio_vs_numpy_copy", ".2f"))
+
+
+def _report(rows: list[dict], extras: list[dict], skipped: dict, json_path, title: str) -> None:
     """bench.report, with the systems that were not measured listed in the table (not in the rows:
-    every JSON row is a measurement) and under "not_measured" in the JSON."""
-    import json
-
-    env = {k: rows[0][k] for k in ("date", "device", "versions")}  # report's header reads row 0
-    shown = rows + [{"system": s, "note": why, "skipped": why, **env} for s, why in skipped.items()]
+    every JSON row is a measurement) and under "not_measured" in the JSON; the extra systems
+    in a second table and under "extras"."""
+    env = bench.environment() if not rows else {k: rows[0][k] for k in ("date", "device", "versions")}
+    main_skipped = {s: why for s, why in skipped.items() if s in SYSTEMS}
+    shown = rows + [{"system": s, "note": why, "skipped": why, **env} for s, why in main_skipped.items()]
     shown.sort(key=lambda r: SYSTEMS.index(r["system"]))
     bench.report(shown, json_path, LOADER_COLUMNS, {"images_per_s": "images/s"}, "images/s", title)
-    path = Path(json_path)
-    path.write_text(json.dumps({"rows": rows, "not_measured": skipped}, indent=1) + "\n")
+    extra_skipped = [{"system": s, "note": why} for s, why in skipped.items() if s not in SYSTEMS]
+    if extras or extra_skipped:
+        print("\nextras (same run, same data): FFCV's native layout, the feed alone, a numpy copy\n")
+        print(bench.markdown_table(extras + extra_skipped, EXTRA_COLUMNS))
+        if rows and any("ratio_vs_ffcv_channels_last" in r for r in rows):
+            print("\n" + "\n".join(f"{r['system']}: {r['ratio_vs_ffcv_channels_last']:.2f}x FFCV channels_last"
+                                   for r in rows if "ratio_vs_ffcv_channels_last" in r))
+    Path(json_path).write_text(jsonlib.dumps({"rows": rows, "extras": extras, "not_measured": skipped},
+                                             indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    # python -m tools.bench.loader SPEC_JSON OUT_JSON: one system, one row (run by loader())
+    row = _measure(jsonlib.loads(sys.argv[1]))
+    Path(sys.argv[2]).write_text(jsonlib.dumps(row))

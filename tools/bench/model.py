@@ -63,15 +63,9 @@ def _listed(value) -> list[str]:
 
 
 def _device(device: str):
-    import torch
+    from pipeline.device import resolve_device
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device=cuda but CUDA is not available")
-    if device not in ("cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
+    return resolve_device(device)  # the loader's and the trainer's rule (pipeline/device.py)
 
 
 def train_step(name: str, batch_size: int, crop: int, precision: str, channels_last: bool,

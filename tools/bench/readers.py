@@ -1,8 +1,11 @@
-"""How DALI reads our raw shards: the serial external_source the loader uses vs DALI's parallel
-external source (worker processes, shared memory), into the same graph (random crop, flip,
-per-channel normalisation, float32 CHW), one epoch per run, alternating, batch 256, crop 224.
+"""How DALI could read our raw shards: a serial external_source callback (per-sample memmap views,
+the loader's feed until issue 10) vs DALI's parallel external source (worker processes, shared
+memory), into the same graph (random crop, flip, per-channel normalisation, float32 CHW), one
+epoch per run, alternating, batch 256, crop 224. The loader now feeds whole batches gathered by
+threads into reused buffers (pipeline/load/gather.py); its feed alone is measured by
+``tools/benchmark.py loader`` (extras: dali-feed vs numpy-copy).
 
-    python tools/bench_readers.py DATASET        # e.g. the loader benchmark's cached data
+    python -m tools.bench.readers DATASET        # e.g. the loader benchmark's cached data
 
 A native DALI reader does not apply: none reads fixed-size records at offsets inside our shard
 files (readers.numpy wants .npy files). Figures and the reading are in BENCHMARKS.md ("Loader").

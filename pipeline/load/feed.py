@@ -1,0 +1,91 @@
+"""One DALI pipeline fed batch by batch, for a loader's whole life.
+
+    feed.put(key, idx, arrays)  start gathering a batch (worker threads) with its per-batch arrays
+    feed.schedule()         hand the oldest gathered batch to DALI (feed_input) and run it
+    feed.get()              (key, outputs) of the oldest running batch; its buffer is free again
+    feed.drain()            finish and drop whatever is in flight (an abandoned epoch)
+    feed.close()            drain, stop the threads, destroy the pipeline (idempotent)
+
+Epochs only change what is put; the graph is built once. DALI's own prefetch queue is one deep:
+the loader keeps its look-ahead by scheduling several runs, each tagged with its ``key``
+(epoch, step), so it knows exactly which batches are in flight: it goes on into the next epoch
+at an epoch's end and drops those batches only if the next iteration starts elsewhere.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from .gather import Gatherer
+
+
+class Feed:
+    def __init__(self, pipe, gatherer: Gatherer):
+        self.pipe, self.gatherer = pipe, gatherer
+        self.gathering = deque()  # (key, Batch, arrays): gathered or being gathered, not yet fed
+        self.running = deque()    # (key, Batch): fed to DALI, outputs not yet taken
+        self.closed = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.gathering) + len(self.running)
+
+    def head(self):
+        """The key of the oldest batch in flight, None when idle."""
+        return self.running[0][0] if self.running else self.gathering[0][0] if self.gathering else None
+
+    def tail(self):
+        """The key of the newest batch in flight, None when idle."""
+        return self.gathering[-1][0] if self.gathering else self.running[-1][0] if self.running else None
+
+    def put(self, key, idx, arrays: dict) -> None:
+        self.gathering.append((key, self.gatherer.submit(idx), arrays))
+
+    def schedule(self) -> None:
+        key, batch, arrays = self.gathering.popleft()
+        try:
+            images = batch.wait()
+            self.pipe.feed_input("images", images, layout="HWC" if self.gatherer.raw else None)
+            for name, value in arrays.items():
+                self.pipe.feed_input(name, value)
+            self.pipe.schedule_run()
+        except BaseException:
+            # A half-fed batch leaves DALI's input queues uneven: this pipeline is done (the
+            # loader builds a new one on its next iteration).
+            self.gatherer.release(batch)
+            self.close()
+            raise
+        self.running.append((key, batch))
+
+    def get(self):
+        """Blocks until the oldest running batch is done; CPU outputs are complete and GPU outputs
+        synchronised with the host (sync point with DALI's stream, not the training stream)."""
+        key, batch = self.running.popleft()
+        try:
+            return key, self.pipe.outputs()
+        finally:
+            self.gatherer.release(batch)
+
+    def drain(self) -> None:
+        while self.gathering:
+            _, batch, _ = self.gathering.popleft()
+            try:
+                batch.wait()
+            finally:
+                self.gatherer.release(batch)
+        while self.running:
+            self.get()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.drain()
+        except (AttributeError, RuntimeError):
+            # At interpreter exit DALI's own exit hook may have destroyed the pipeline first: the
+            # batches in flight are dropped either way, which is all closing asks.
+            self.gathering.clear()
+            self.running.clear()
+        finally:
+            self.gatherer.close()
+            self.pipe = None  # DALI joins its threads here, before the interpreter tears down

@@ -1,0 +1,76 @@
+"""The DALI pipelines: thin ``@pipeline_def`` wiring of named whole-batch inputs to augment.py.
+
+Every input is an ``external_source`` fed by the loader with ``feed_input`` (one dense array
+per batch, never a per-sample tuple):
+
+    images    uint8 (B, S, S, 3) raw (read in place: no_copy), or B JPEG byte arrays
+    labels    int32 (B,)
+    crop_x/y  float32 (B,): crop positions as fractions of (S - crop), crop_mirror_normalize's unit
+    mirror    int32 (B,)
+    shift     float32 (B, 3): per-channel mean minus the PCA lighting shift, pixel units
+
+``device`` is "cpu" or "gpu": the same graph either way, the inputs moved to the GPU first.
+Outputs: images (B, 3, crop, crop) float (CHW layout; HWC for channels_last) and labels int32,
+both on ``device``. One pipeline serves a loader for its whole life.
+"""
+from __future__ import annotations
+
+import nvidia.dali.fn as fn
+import nvidia.dali.types as types
+from nvidia.dali import pipeline_def
+
+from . import augment
+
+
+def _images(device: str, encoding: str):
+    if encoding == "raw":
+        images = fn.external_source(name="images", dtype=types.UINT8, layout="HWC", no_copy=True)
+        return images.gpu() if device == "gpu" else images
+    encoded = fn.external_source(name="images", dtype=types.UINT8, no_copy=True)
+    return augment.decode(encoded, device)
+
+
+def _labels(device: str):
+    labels = fn.external_source(name="labels", dtype=types.INT32)
+    return labels.gpu() if device == "gpu" else labels
+
+
+def _mean_image(mean_image, device: str):
+    return None if mean_image is None else types.Constant(mean_image, layout="HWC", device=device)
+
+
+@pipeline_def
+def train_pipeline(*, device, encoding, crop, std, mean_image, out_type, layout):
+    images, labels = _images(device, encoding), _labels(device)
+    crop_x = fn.external_source(name="crop_x", dtype=types.FLOAT)
+    crop_y = fn.external_source(name="crop_y", dtype=types.FLOAT)
+    mirror = fn.external_source(name="mirror", dtype=types.INT32)
+    shift = fn.external_source(name="shift", dtype=types.FLOAT)
+    out = augment.crop_normalize(images, crop, crop_x, crop_y, mirror, shift, std,
+                                 _mean_image(mean_image, device), out_type, layout)
+    return out, labels
+
+
+@pipeline_def
+def val_pipeline(*, device, encoding, crop, window, mean, std, mean_image, out_type, layout):
+    """``window``: the fixed (crop_x, crop_y) fractions of the centre crop; ``mean`` a constant."""
+    images, labels = _images(device, encoding), _labels(device)
+    out = augment.crop_normalize(images, crop, window[0], window[1], 0, mean, std,
+                                 _mean_image(mean_image, device), out_type, layout)
+    return out, labels
+
+
+@pipeline_def
+def ten_crop_pipeline(*, device, encoding, crop, windows, mean, std, mean_image, out_type):
+    images, labels = _images(device, encoding), _labels(device)
+    out = augment.ten_crop(images, crop, windows, mean, std, _mean_image(mean_image, device),
+                           out_type, "CHW")
+    return out, labels
+
+
+@pipeline_def
+def feed_pipeline(*, device):
+    """No augmentation: the gathered raw batch and labels as DALI hands them over (benchmark of
+    the feed alone). DALI's output stage copies the batch out of the ring (measured: an output
+    never aliases a no_copy input), so a yielded batch stays valid after its slot is refilled."""
+    return _images(device, "raw"), _labels(device)
