@@ -39,6 +39,11 @@ from trainer.schedule import Schedule
 from trainer.step import autocast, grad_scaler, optimize
 
 
+# The loader's output dtype for each precision: under autocast the first conv reads bf16/fp16
+# directly, so the batch never exists in fp32 on the device.
+INPUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class TrainingError(RuntimeError):
     pass
 
@@ -68,9 +73,10 @@ def train(cfg, out: Path, d):
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
                           f"{d.dp_size} data-parallel ranks")
     local_batch = cfg.batch_size // d.dp_size
+    # batches arrive in the run's precision (cast on the device by the loader's last op)
     common = dict(crop=cfg.crop, device=d.device.type, dp_rank=d.dp_rank, dp_size=d.dp_size,
                   seed=cfg.seed, mean=cfg.mean, channels_last=cfg.channels_last,
-                  num_threads=cfg.loader_threads or None)
+                  dtype=INPUT_DTYPES[cfg.precision], num_threads=cfg.loader_threads or None)
     train_loader = pipeline.build_loader(cfg.data, "train", batch_size=local_batch, flip=cfg.flip,
                                          lighting=cfg.lighting, lighting_form=cfg.lighting_form,
                                          **common)
@@ -147,10 +153,12 @@ def train(cfg, out: Path, d):
             step += 1
             loss = loss.detach()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-            batch_sum = torch.stack([loss.double() * len(labels),
-                                     torch.tensor(float(len(labels)), dtype=torch.float64, device=d.device)])
-            loss_sum += batch_sum
-            epoch_sum += batch_sum
+            # (loss x n, n) sums on the device; n is a host int (a shape), so no host-device
+            # transfer or sync happens in the step: the log window syncs once, in .item()
+            batch_loss = loss.double() * len(labels)
+            for sums in (loss_sum, epoch_sum):
+                sums[0] += batch_loss
+                sums[1] += len(labels)
             n_images += cfg.batch_size
             log_images += cfg.batch_size
             if step % cfg.log_every == 0 or step == cfg.max_steps:
@@ -306,6 +314,7 @@ def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:
     loader = with_progress(loader, d.is_main, "eval ten-crop" if ten_crop else "eval one-crop")
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=d.device)  # loss, top1, top5, count
+    count = 0  # on the host: a batch's size is its shape, no device read
     with torch.no_grad(), amp():
         for images, labels in loader:
             if len(labels) == 0:
@@ -320,8 +329,9 @@ def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:
                 loss = F.cross_entropy(scores, labels, reduction="sum")
             top = scores.topk(min(5, scores.shape[1]), dim=1).indices
             hit = top == labels[:, None]
-            sums += torch.stack([loss.double(), hit[:, 0].sum().double(), hit.any(1).sum().double(),
-                                 torch.tensor(float(len(labels)), dtype=torch.float64, device=d.device)])
+            sums[:3] += torch.stack([loss.double(), hit[:, 0].sum().double(), hit.any(1).sum().double()])
+            count += len(labels)
+    sums[3] = count  # a fill on the device, not a copy from the host
     all_reduce_sum(sums, d.dp_group)
     model.train()
     loss, top1, top5, count = sums.tolist()
