@@ -23,6 +23,7 @@ def test_prepare_quick(tree, tmp_path):
     assert "| system |" in proc.stdout
     rows = {r["system"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"ours", "ffcv-writer", "pillow-loop", "decode-only", "preprocess", "torch-aa-u8"}
+    _assert_table_regenerates(proc, out, tmp_path)
     n_inputs = sum(1 for p in tree.rglob("*.JPEG"))
     for system, row in rows.items():
         if "skipped" in row:  # only FFCV is optional, and the note says how to get it
@@ -44,6 +45,12 @@ def test_prepare_quick(tree, tmp_path):
     assert 0 < projection["jpeg_q90_bytes"] < projection["raw_bytes"]
     if importlib.util.find_spec("matplotlib") is not None:
         assert out.with_suffix(".png").stat().st_size > 0
+
+
+def _assert_table_regenerates(proc, json_path, tmp_path):
+    """`benchmark.py table JSON` prints, line for line, the tables the run itself printed."""
+    again = _run_bench(tmp_path, "table", str(json_path)).stdout.strip().splitlines()
+    assert again and all(line in proc.stdout.splitlines() for line in again), again
 
 
 def _run_bench(tmp_path, *args):
@@ -68,6 +75,7 @@ def test_loader_quick(tmp_path):
     report = json.loads(out.read_text())
     rows = {r["system"]: r for r in report["rows"]}
     skipped = report["not_measured"]
+    _assert_table_regenerates(proc, out, tmp_path)
     assert set(rows) | set(skipped) == {"dali-gpu", "dali-cpu", "dali-cpu+lighting", "ffcv",
                                         "torch-dataloader"} and not set(rows) & set(skipped)
     assert {"dali-cpu", "dali-cpu+lighting", "torch-dataloader"} <= set(rows)  # no optional part

@@ -22,10 +22,15 @@ Each run prints a Markdown table and writes JSON + a PNG chart; record results i
     python tools/benchmark.py model [--model=alexnet[,alexnet_owt]] [--precision=fp32[,bf16]] [--quick]
     python tools/benchmark.py train --config=CONFIG --data=DATASET [--steps=60] [--quick]
 
-loader: DALI (GPU, CPU, CPU with lighting) vs FFCV's Loader vs a torch DataLoader (tools/bench_loader.py).
-model, train: train-step images/s on synthetic tensors; end to end and saturation (tools/bench_model.py).
+loader: DALI (GPU, CPU, CPU with lighting) vs FFCV's Loader vs a torch DataLoader (tools/bench/loader.py).
+model, train: train-step images/s on synthetic tensors; end to end and saturation (tools/bench/model.py).
+
+    python tools/benchmark.py table JSON
+
+table: print again the Markdown tables of a run from its JSON (the tables in BENCHMARKS.md).
 """
 import io
+import json as jsonlib
 import math
 import sys
 import tempfile
@@ -40,8 +45,9 @@ from pipeline.prepare.preprocess import centre_box, decode, encode_jpeg, to_rgb_
 from pipeline.prepare.sources import detect, read_bytes
 from tools import synthetic
 from tools.bench import harness as bench
+from tools.bench import loader as loader_bench
 from tools.bench.loader import loader
-from tools.bench.model import model, train
+from tools.bench.model import MODEL_COLUMNS, TRAIN_COLUMNS, model, train
 from tools.cli import run_cli
 from tools.export_ffcv import require_ffcv
 from tools.fidelity import decode_full, psnr, reference
@@ -281,8 +287,26 @@ def summary(rows: list[dict], config: dict) -> str:
     return "\n".join(lines)
 
 
+def table(path: str):
+    """Print again the Markdown tables a benchmark run printed, from its JSON: the tables of
+    BENCHMARKS.md are these, pasted, so each can be regenerated from the run's record.
+
+    path: a JSON file written by prepare, loader, model or train (their --json)
+    """
+    try:
+        saved = jsonlib.loads(Path(path).read_text())
+        kind = saved["rows"][0]["bench"] if saved["rows"] else "loader"
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise UsageError(f"{path}: not a JSON written by tools/benchmark.py") from None
+    if kind == "loader":
+        print(loader_bench.tables(saved))
+    else:
+        print(bench.markdown_table(saved["rows"], {"prepare": PREPARE_COLUMNS, "model": MODEL_COLUMNS,
+                                                   "train": TRAIN_COLUMNS}[kind]))
+
+
 if __name__ == "__main__":
     from tools.bench.model import train_options
 
-    run_cli({"prepare": prepare, "loader": loader, "model": model, "train": train},
+    run_cli({"prepare": prepare, "loader": loader, "model": model, "train": train, "table": table},
             extra={"train": train_options()})

@@ -625,7 +625,9 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
                     batch_size=batch_size, crop=crop, workers=workers, steps=steps, seconds=seconds,
                     repeats=repeats, warmup_s=warmup_s, quick=quick, config=config, env=env,
                     redo=(0 if quick else 2 * repeats) if redo is None else redo)
-        budget = 60 + (warmup_s + (4 * repeats + 1) * seconds) * 4  # a wait for quiet included
+        # a guard against hangs, not a limit on speed: a wait for quiet included, and FFCV compiles
+        # its pipeline with numba in every new process (over a minute on a loaded 2-core machine)
+        budget = 180 + (warmup_s + (4 * repeats + 1) * seconds) * 4
         for system in [s for s in SYSTEMS + EXTRAS if s in notes]:
             print(f"{system}: warming up (own process)", file=sys.stderr, flush=True)
             row, why = _run_child(dict(base, system=system, note=notes[system]), budget)
@@ -648,19 +650,40 @@ EXTRA_COLUMNS = [c for c in LOADER_COLUMNS if c[1] not in ("ratio_vs_ffcv", "rat
 EXTRA_COLUMNS.insert(-1, ("x numpy copy (GB/s)", "ratio_vs_numpy_copy", ".2f"))
 
 
+def _shown(rows: list[dict], skipped: dict, env: dict) -> list[dict]:
+    """The main table's rows: the measured ones and the main systems not measured, in SYSTEMS order."""
+    shown = rows + [{"system": s, "note": why, "skipped": why, **env} for s, why in skipped.items()
+                    if s in SYSTEMS]
+    return sorted(shown, key=lambda r: SYSTEMS.index(r["system"]))
+
+
+def _extras_table(extras: list[dict], skipped: dict) -> str:
+    """The second table (empty string without extras)."""
+    extra_skipped = [{"system": s, "note": why} for s, why in skipped.items() if s not in SYSTEMS]
+    if not extras and not extra_skipped:
+        return ""
+    return ("extras (same run, same data): FFCV's native layout, the feed alone, a numpy copy\n\n" +
+            bench.markdown_table(extras + extra_skipped, EXTRA_COLUMNS))
+
+
+def tables(saved: dict) -> str:
+    """The tables a loader run printed, again, from its JSON (tools/benchmark.py table)."""
+    skipped = saved.get("not_measured", {})
+    text = bench.markdown_table(_shown(saved["rows"], skipped, {}), LOADER_COLUMNS)
+    extra = _extras_table(saved.get("extras", []), skipped)
+    return text + ("\n\n" + extra if extra else "")
+
+
 def _report(rows: list[dict], extras: list[dict], skipped: dict, json_path, title: str) -> None:
     """bench.report, with the systems that were not measured listed in the table (not in the rows:
     every JSON row is a measurement) and under "not_measured" in the JSON; the extra systems
     in a second table and under "extras"."""
     env = bench.environment() if not rows else {k: rows[0][k] for k in ("date", "device", "versions")}
-    main_skipped = {s: why for s, why in skipped.items() if s in SYSTEMS}
-    shown = rows + [{"system": s, "note": why, "skipped": why, **env} for s, why in main_skipped.items()]
-    shown.sort(key=lambda r: SYSTEMS.index(r["system"]))
-    bench.report(shown, json_path, LOADER_COLUMNS, {"images_per_s": "images/s"}, "images/s", title)
-    extra_skipped = [{"system": s, "note": why} for s, why in skipped.items() if s not in SYSTEMS]
-    if extras or extra_skipped:
-        print("\nextras (same run, same data): FFCV's native layout, the feed alone, a numpy copy\n")
-        print(bench.markdown_table(extras + extra_skipped, EXTRA_COLUMNS))
+    bench.report(_shown(rows, skipped, env), json_path, LOADER_COLUMNS, {"images_per_s": "images/s"},
+                 "images/s", title)
+    extra = _extras_table(extras, skipped)
+    if extra:
+        print("\n" + extra)
         if rows and any("ratio_vs_ffcv_channels_last" in r for r in rows):
             print("\n" + "\n".join(f"{r['system']}: {r['ratio_vs_ffcv_channels_last']:.2f}x FFCV channels_last"
                                    for r in rows if "ratio_vs_ffcv_channels_last" in r))
