@@ -351,6 +351,11 @@ def test_curves_have_labelled_axes_and_whole_epoch_ticks():
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
     one = figure(rows[3:4]).axes[0]  # a single logged step is still visible
     assert one.lines[0].get_marker() == "o"
+    single = figure(rows[:10] + rows[30:31])  # one epoch (the demo's run): still whole ticks only
+    single.canvas.draw()
+    for axes in single.axes:
+        ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_trainer_help_groups_every_config_key():

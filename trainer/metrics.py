@@ -85,14 +85,16 @@ def figure(rows: list[dict]):
     a.set_title("loss")
     a.set_xlabel("step")
     a.set_ylabel("cross-entropy loss")
-    a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if a.get_legend_handles_labels()[0]:
         a.legend(loc="upper right")
     b.set_title("validation accuracy")
     b.set_xlabel("epoch")
     b.set_ylabel("accuracy (fraction correct)")
     b.set_ylim(0, 1)
-    b.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 0.5 ticks
+    # epochs are whole: no 0.5 ticks, even for a single epoch (matplotlib's default wants two ticks
+    # and falls back to fractions on a span shorter than one)
+    b.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if b.get_legend_handles_labels()[0]:
         b.legend()
     fig.tight_layout()
