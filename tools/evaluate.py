@@ -41,7 +41,7 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
     from trainer.main import evaluate
     from trainer.models import build_model
     from trainer.parallel import cleanup, init_distributed
-    from trainer.step import autocast
+    from trainer.step import autocast, input_dtype
 
     if batch_size < 1:
         raise UsageError(f"--batch_size must be >= 1, got {batch_size}")
@@ -75,7 +75,8 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
                          else torch.preserve_format)
         amp = partial(autocast, d.device.type, cfg.precision)
         common = dict(crop=cfg.crop, device=d.device.type, dp_rank=d.dp_rank, dp_size=d.dp_size,
-                      seed=cfg.seed, mean=cfg.mean, channels_last=cfg.channels_last)
+                      seed=cfg.seed, mean=cfg.mean, channels_last=cfg.channels_last,
+                      dtype=input_dtype(cfg.precision))  # the inputs the trainer's evaluation saw
         results = {"checkpoint": str(checkpoint), "step": state.get("step"), "data": str(ds.root),
                    "split": split, "images": len(ds[split])}
         if one_crop:

@@ -36,12 +36,7 @@ from trainer.models import build_model
 from trainer.optim import build_optimizer
 from trainer.parallel import all_reduce_sum, broadcast_buffers, cleanup, init_distributed
 from trainer.schedule import Schedule
-from trainer.step import autocast, grad_scaler, optimize
-
-
-# The loader's output dtype for each precision: under autocast the first conv reads bf16/fp16
-# directly, so the batch never exists in fp32 on the device.
-INPUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from trainer.step import autocast, grad_scaler, input_dtype, optimize
 
 
 class TrainingError(RuntimeError):
@@ -76,7 +71,7 @@ def train(cfg, out: Path, d):
     # batches arrive in the run's precision (cast on the device by the loader's last op)
     common = dict(crop=cfg.crop, device=d.device.type, dp_rank=d.dp_rank, dp_size=d.dp_size,
                   seed=cfg.seed, mean=cfg.mean, channels_last=cfg.channels_last,
-                  dtype=INPUT_DTYPES[cfg.precision], num_threads=cfg.loader_threads or None)
+                  dtype=input_dtype(cfg.precision), num_threads=cfg.loader_threads or None)
     train_loader = pipeline.build_loader(cfg.data, "train", batch_size=local_batch, flip=cfg.flip,
                                          lighting=cfg.lighting, lighting_form=cfg.lighting_form,
                                          **common)

@@ -9,6 +9,12 @@ import torch
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def input_dtype(precision: str) -> torch.dtype:
+    """The dtype batches should arrive in: the autocast dtype (the first conv reads it directly,
+    so the batch never exists in fp32 on the device), float32 without autocast."""
+    return AMP_DTYPES[precision] or torch.float32
+
+
 def autocast(device_type: str, precision: str):
     dtype = AMP_DTYPES[precision]
     return torch.autocast(device_type, dtype=dtype) if dtype else nullcontext()
