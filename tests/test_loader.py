@@ -291,6 +291,18 @@ def test_feed_alone_yields_the_stored_bytes(dataset):
         assert y.dtype == torch.int64 and y.tolist() == [ds["val"][int(i)][1] for i in idx]
 
 
+def test_handoff_graph_reads_the_fed_batch(dataset):
+    """The benchmark's feed row (graphs.handoff_pipeline): the shapes of what was fed, and labels."""
+    from tools.bench.loader import _handoff_loader_class
+
+    ds = pipeline.open_dataset(dataset)
+    loader = _handoff_loader_class()(dataset, "val", batch_size=3, crop=32, device="cpu", augment=False)
+    for step, (x, y) in enumerate(run_epoch(loader)):
+        idx = loader.indices(0, step)
+        assert x.tolist() == [[ds.size, ds.size, 3]] * len(idx)
+        assert y.tolist() == [ds["val"][int(i)][1] for i in idx]
+
+
 def test_whole_batch_inputs_are_dense_named_arrays(dataset):
     """One (B, ...) array per input, whatever the batch size: what feed_input hands DALI."""
     loader = pipeline.build_loader(dataset, "train", batch_size=5, crop=24, device="cpu")

@@ -74,3 +74,11 @@ def feed_pipeline(*, device):
     the feed alone). DALI's output stage copies the batch out of the ring (measured: an output
     never aliases a no_copy input), so a yielded batch stays valid after its slot is refilled."""
     return _images(device, "raw"), _labels(device)
+
+
+@pipeline_def
+def handoff_pipeline(*, device):
+    """The feed without that output copy (benchmark of the gather and the hand-off alone): the
+    batch is handed to DALI and read in place, as crop_mirror_normalize reads it in training; only
+    each sample's shape (int64 (B, 3)) comes out, so the benchmark can check what was fed."""
+    return _images(device, "raw").shape(), _labels(device)

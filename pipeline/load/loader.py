@@ -47,6 +47,9 @@ class LoaderError(UsageError):
 
 
 class Loader:
+    # the graph of augment=False; tools/bench/loader.py swaps in graphs.handoff_pipeline
+    _feed_graph = staticmethod(graphs.feed_pipeline)
+
     def __init__(self, path, split, *, batch_size, crop=224, device="auto", dp_rank=0, dp_size=1,
                  seed=0, flip=True, lighting=0.1, lighting_form="code", mean="pixel",
                  dtype=torch.float32, channels_last=False, ten_crop=False, drop_last=None,
@@ -224,7 +227,7 @@ class Loader:
                   device_id=self.device.index if dev == "gpu" else None, prefetch_queue_depth=1,
                   exec_dynamic=True, seed=self.seed, device=dev)
         if not self.augment:
-            pipe = graphs.feed_pipeline(**kw)
+            pipe = self._feed_graph(**kw)
         else:
             out_type = types.FLOAT16 if (self.dtype == torch.float16 and dev == "gpu") else types.FLOAT
             std = (self.stats["channel_std"] if self.mean == "channel" else np.ones(3)).astype(np.float32).tolist()

@@ -22,8 +22,11 @@ Further figures, in a second table ("extras"), same run, same data:
 
     ffcv-channels-last FFCV's native output (NCHW view of NHWC memory), without the copy above
     dali-feed          the feed alone: our gather into the reused buffers and DALI's hand-off of
-                       the stored uint8 (B, S, S, 3) batch, no augmentation (augment=False);
-                       also at a quarter of the batch, to show Python cost per batch not growing
+                       the stored uint8 (B, S, S, 3) batch, read in place as training reads it; the
+                       graph outputs only the samples' shapes (graphs.handoff_pipeline); also at a
+                       quarter of the batch, to show Python cost per batch not growing
+    dali-feed+copy-out the same with the uint8 batch as the graph's output (augment=False): DALI
+                       copies it out of the ring, a copy training does not make
     numpy-copy         a plain numpy copy of the same bytes: a random batch's records copied one
                        by one (np.copyto) into a reused buffer, in the same number of threads
 
@@ -82,7 +85,7 @@ LOADER_COLUMNS = [("system", "system", "s"), ("batch", "batch_size", "d"), ("cro
                   ("epoch start / batch", "epoch_start_over_median", ".2f"),
                   ("anon MB first, last epoch", "rss_anon_mb", "s"), ("note", "note", "s")]
 SYSTEMS = ("dali-gpu", "dali-cpu", "dali-cpu+lighting", "ffcv", "torch-dataloader")  # table order
-EXTRAS = ("ffcv-channels-last", "dali-feed", "dali-feed-quarter", "numpy-copy")
+EXTRAS = ("ffcv-channels-last", "dali-feed", "dali-feed-quarter", "dali-feed+copy-out", "numpy-copy")
 ROOT = Path(__file__).resolve().parents[2]
 QUICK_SIZES = ((96, 72), (72, 96), (120, 90))  # tiny JPEGs for --quick
 
@@ -277,17 +280,28 @@ def _cycle(epoch_iter, tracker: Tracker):
         tracker.epoch += 1
 
 
-def _dali(data, batch_size, crop, workers, device, mean, lighting, tracker, augment=True):
-    import pipeline
+def _dali(data, batch_size, crop, workers, device, mean, lighting, tracker, augment=True,
+          handoff=False):
+    from pipeline.load.loader import Loader
 
-    loader = pipeline.build_loader(data, "train", batch_size=batch_size, crop=crop, device=device,
-                                   mean=mean, lighting=lighting, flip=True, num_threads=workers,
-                                   augment=augment)
+    cls = _handoff_loader_class() if handoff else Loader
+    loader = cls(data, "train", batch_size=batch_size, crop=crop, device=device, mean=mean,
+                 lighting=lighting, flip=True, num_threads=workers, augment=augment)
 
     def epoch_iter(epoch):
         loader.set_epoch(epoch)
         return iter(loader)
     return tracker.step(_cycle(epoch_iter, tracker))
+
+
+def _handoff_loader_class():
+    from pipeline.load import graphs
+    from pipeline.load.loader import Loader
+
+    class HandoffLoader(Loader):
+        """augment=False whose graph reads the batch in place and outputs only its shapes."""
+        _feed_graph = staticmethod(graphs.handoff_pipeline)
+    return HandoffLoader
 
 
 def _numpy_copy(data, batch_size, workers, tracker):
@@ -476,7 +490,8 @@ def _measure(spec: dict) -> dict:
     elif system == "dali-cpu+lighting":
         next_batch = _dali(data, b, crop, workers, "cpu", "pixel", 0.1, tracker)
     elif system.startswith("dali-feed"):
-        next_batch = _dali(data, b, ds.size, workers, "cpu", "none", 0.0, tracker, augment=False)
+        next_batch = _dali(data, b, ds.size, workers, "cpu", "none", 0.0, tracker, augment=False,
+                           handoff=system != "dali-feed+copy-out")
     elif system == "numpy-copy":
         next_batch = _numpy_copy(data, b, workers, tracker)
     elif system in ("ffcv", "ffcv-channels-last"):
@@ -488,7 +503,11 @@ def _measure(spec: dict) -> dict:
         raise ValueError(f"unknown system {system!r}")
     device = "cuda" if system == "dali-gpu" else "cpu"
     images, labels = next_batch()
-    if feed:
+    if system in ("dali-feed", "dali-feed-quarter"):  # the shapes of what was handed to DALI
+        if tuple(images.shape) != (b, 3) or not (images == torch.tensor([ds.size, ds.size, 3])).all():
+            raise AssertionError(f"{system}: fed shapes {images[:2].tolist()}..., expected {b} x "
+                                 f"{[ds.size, ds.size, 3]}")
+    elif feed:
         want = (b, ds.size, ds.size, 3)
         if tuple(images.shape) != want or images.dtype not in (torch.uint8, np.uint8):
             raise AssertionError(f"{system}: {tuple(images.shape)} {images.dtype}, expected {want} uint8")
@@ -496,8 +515,7 @@ def _measure(spec: dict) -> dict:
         _check_batch(system, images.contiguous(), labels, b, crop, device, per_channel=True)
     else:
         _check_batch(system, images, labels, b, crop, device, per_channel=system != "dali-cpu+lighting")
-    bytes_per_image = images[0].numel() * images.element_size() if hasattr(images, "element_size") \
-        else images[0].nbytes
+    bytes_per_image = ds.size * ds.size * 3 if feed else images[0].numel() * images.element_size()
     del images, labels
     synced = (lambda: (next_batch(), torch.cuda.synchronize())) if device == "cuda" else next_batch
     warm_up(synced, 12, spec["warmup_s"])
@@ -510,13 +528,16 @@ def _measure(spec: dict) -> dict:
     return row
 
 
-def _run_child(spec: dict, timeout: float) -> tuple[dict | None, str | None]:
-    """(row, None), or (None, why) when the child crashed, aborted or timed out."""
+def _run_child(spec: dict, timeout: float, module: str = "tools.bench.loader"
+               ) -> tuple[dict | None, str | None]:
+    """(row, None), or (None, why) when the child crashed, aborted or timed out before its row
+    was written; a row written before a crash at teardown is kept, with a note."""
     with tempfile.TemporaryDirectory(prefix="bench-loader-child-") as tmp:
         out = Path(tmp) / "row.json"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-        cmd = [sys.executable, "-m", "tools.bench.loader", jsonlib.dumps(spec), str(out)]
+        # faulthandler: a child that aborts (SIGABRT) prints every thread's Python stack first
+        cmd = [sys.executable, "-X", "faulthandler", "-m", module, jsonlib.dumps(spec), str(out)]
         try:
             proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=timeout, env=env,
                                   cwd=ROOT)
@@ -524,12 +545,16 @@ def _run_child(spec: dict, timeout: float) -> tuple[dict | None, str | None]:
             return None, f"not measured (timed out after {timeout:.0f} s)"
         sys.stderr.write(proc.stderr)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        if proc.returncode != 0 or not out.exists():
-            last = lines[-1] if lines else "no output"
+        if not out.exists():  # the child writes its row whole (a rename) once it is measured
+            # an abort: what the process said last before faulthandler's stack dump
+            fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error")), None)
+            last = "; ".join(lines[max(0, fatal - 1):fatal + 1]) if fatal is not None else \
+                lines[-1] if lines else "no output"
             return None, f"not measured (crashed, exit status {proc.returncode}: {last[:200]})"
         row = jsonlib.loads(out.read_text())
-        if proc.returncode == 0 and any("terminate called" in line for line in lines):
-            row["note"] += "; aborted at teardown"
+        if proc.returncode != 0 or any("terminate called" in line for line in lines):
+            # measured, then the process died at its teardown (its threads': the row stands)
+            row["note"] += f"; aborted at teardown (exit status {proc.returncode})"
         return row, None
 
 
@@ -615,9 +640,10 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
             if beton is not None:
                 notes["ffcv-channels-last"] = "FFCV's native output: NCHW view of NHWC memory, no copy"
             if ds.encoding == "raw":
-                notes["dali-feed"] = ("gather into the reused buffers + DALI hand-off, uint8, no augmentation "
-                                      "(DALI copies the batch out as its output)")
+                notes["dali-feed"] = ("gather into the reused buffers + DALI hand-off, uint8, read in "
+                                      "place, no augmentation (outputs the shapes)")
                 notes["dali-feed-quarter"] = f"the same at batch {max(1, batch_size // 4)}"
+                notes["dali-feed+copy-out"] = "dali-feed with the uint8 batch as DALI's output (copied out)"
                 notes["numpy-copy"] = "np.copyto of each record of a random batch, same threads"
 
         rows, extra_rows = [], []
@@ -694,4 +720,7 @@ def _report(rows: list[dict], extras: list[dict], skipped: dict, json_path, titl
 if __name__ == "__main__":
     # python -m tools.bench.loader SPEC_JSON OUT_JSON: one system, one row (run by loader())
     row = _measure(jsonlib.loads(sys.argv[1]))
-    Path(sys.argv[2]).write_text(jsonlib.dumps(row))
+    partial = Path(sys.argv[2] + ".partial")
+    partial.write_text(jsonlib.dumps(row))
+    partial.replace(sys.argv[2])  # whole or absent, whatever happens at teardown
+    print("bench child: row written", file=sys.stderr, flush=True)
