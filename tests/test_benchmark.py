@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = {"bench", "system", "images_per_s", "images_per_s_per_core", "workers", "n_images",
@@ -99,6 +101,27 @@ def test_loader_quick(tmp_path):
                 assert rows[system][key] > 0
     if importlib.util.find_spec("matplotlib") is not None:
         assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("abort_after_row", [False, True])
+def test_loader_child_abort(tmp_path, monkeypatch, abort_after_row):
+    """A system whose process aborts (as FFCV's did: "terminate called without an active
+    exception", SIGABRT) costs its row only if the row was not yet written."""
+    from tools.bench.loader import _run_child
+
+    (tmp_path / "fake_child.py").write_text(
+        "import json, os, sys\n"
+        "if %r:\n"
+        "    open(sys.argv[2], 'w').write(json.dumps({'system': 'x', 'note': 'n'}))\n"
+        "sys.stderr.write('terminate called without an active exception\\n'); sys.stderr.flush()\n"
+        "os.abort()\n" % abort_after_row)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    row, why = _run_child({}, 60, module="fake_child")
+    if abort_after_row:
+        assert why is None and row["note"] == "n; aborted at teardown (exit status -6)"
+    else:
+        assert row is None and why.startswith("not measured (crashed, exit status -6: terminate "
+                                              "called without an active exception; Fatal Python error")
 
 
 def test_ratios_hand_computed():
