@@ -9,8 +9,11 @@ decisions reproduces the output exactly. Per sample, in pixel units 0..255:
     out = flip?(crop(image)) + shift                                   mean="none"
 
 where shift = eigvec @ (alpha * s) is the same RGB value for every pixel (sampler.lighting_shift:
-s = sqrt(eigval), or eigval / 255 for the paper's form; zero for val). No clipping after it. The mean image is cropped and mirrored with the same window
-rather than subtracted at full size first: the same numbers, 1.3x fewer pixels touched.
+s = sqrt(eigval), or eigval / 255 for the paper's form; zero for val). No clipping after it. The mean image is subtracted at full size, before the crop (one
+arithmetic op, then one crop_mirror_normalize of float pixels): 1.3x more pixels than cropping
+the mean image with the same window and subtracting after, but one pass fewer, and measured 1.37x
+faster on the CPU (2,584 against 1,880 images/s, 256 px, crop 224, batch 256, 2 threads; the
+results agree within 2e-5). Ten-crop subtracts it once for its ten windows.
 """
 from __future__ import annotations
 
@@ -23,18 +26,20 @@ def crop_normalize(images, crop: int, crop_x, crop_y, mirror, mean, std, mean_im
     """One crop window per sample. ``crop_x``/``crop_y`` (crop positions) are fractions of
     (size - crop), as crop_mirror_normalize takes them; ``mean``/``std`` per-sample or constant
     3-vectors."""
-    window = dict(crop=(crop, crop), crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror,
-                  output_layout=layout)
-    out = fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=types.FLOAT, **window)
     if mean_image is not None:
-        out = out - fn.crop_mirror_normalize(mean_image, dtype=types.FLOAT, **window)
+        images = images - mean_image  # float32, full size (uint8 - float)
+    out = fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=types.FLOAT, crop=(crop, crop),
+                                   crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror,
+                                   output_layout=layout)
     return out if out_type == types.FLOAT else fn.cast(out, dtype=out_type)
 
 
 def ten_crop(images, crop: int, windows, mean, std, mean_image, out_type, layout: str):
     """The paper's test: the 4 corners and the centre, and their mirrors, stacked per sample:
     (10, C, crop, crop) for layout CHW. ``windows`` holds (fx, fy, mirror) constants."""
-    crops = [crop_normalize(images, crop, fx, fy, int(m), mean, std, mean_image, out_type, layout)
+    if mean_image is not None:
+        images = images - mean_image  # once for the ten windows
+    crops = [crop_normalize(images, crop, fx, fy, int(m), mean, std, None, out_type, layout)
              for fx, fy, m in windows]
     return fn.stack(*crops, axis=0)
 
