@@ -17,27 +17,15 @@ vector width, so conversions on different machines give the same bytes.
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from functools import lru_cache
 
-import numba
 import numpy as np
+
+from .jit import njit
 
 SUPPORT = 2.0  # Keys' cubic is zero beyond |x| = 2 (at scale 1)
 A = -0.5       # Pillow's (and Keys') bicubic parameter
 IDENTITY = "numba float32 separable bicubic (a=-0.5, Pillow's antialiased geometry), one rounding"
-
-
-def _njit(fn):
-    """``numba.njit(cache=True)``, or without the on-disk cache where no directory can hold it
-    (read-only package and home): then each process compiles once (about 1 s), silently."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", numba.NumbaWarning)
-            return numba.njit(cache=True)(fn)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(cache=False)(fn)
 
 
 def bicubic(x: np.ndarray) -> np.ndarray:
@@ -72,7 +60,7 @@ def coefficients(in_size: int, in0: float, in1: float, out_size: int):
     return out
 
 
-@_njit
+@njit
 def _vertical_transposed(src, first, count, w, lo, hi, out):  # pragma: no cover - compiled
     """out[x - lo, 3 i + c] = sum_t w[i, t] * src[first[i] + t, 3 x + c] for x in lo..hi-1:
     src uint8 (H, W x 3), out float32 (hi - lo, S x 3). Rows are taken as 1-D slices: numba then
@@ -93,7 +81,7 @@ def _vertical_transposed(src, first, count, w, lo, hi, out):  # pragma: no cover
             o[3 * i + 2] = acc[3 * x + 2]
 
 
-@_njit
+@njit
 def _horizontal_to_uint8(tmp, first, count, w, lo, out):  # pragma: no cover - compiled
     """out[i, 3 j + c] = round(clip(sum_t w[j, t] * tmp[first[j] + t - lo, 3 i + c], 0, 255)):
     tmp float32 (X, S x 3), out uint8 (S, S x 3); rounds half up, as Pillow does."""
@@ -132,3 +120,8 @@ def resize_box(src: np.ndarray, box, size: int) -> np.ndarray:
     out = np.empty((size, size * 3), np.uint8)
     _horizontal_to_uint8(tmp, xf, xn, xw, lo, out)
     return out.reshape(size, size, 3)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) both passes, before forking workers."""
+    resize_box(np.zeros((2, 2, 3), np.uint8), (0.0, 0.0, 2.0, 2.0), 1)
