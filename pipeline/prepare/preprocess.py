@@ -27,7 +27,8 @@ MAX_PIXELS = 16_000 * 16_000
 # 15 % less CPU per image (1024x768 photos are then decoded at 1/2), 1 gives 42.1 dB: too thin.
 DRAFT_MARGIN = 1.5
 # The resampler is named: it decides the output bytes (Pillow's own 8-bit resampler, used before,
-# differs by up to 1 level), and the job identity compares PARAMS when a conversion resumes.
+# differs by a level or two on photos, more where it clips between its passes), and the job
+# identity compares PARAMS when a conversion resumes.
 PARAMS = {"resize": "short side", "filter": "bicubic-antialiased", "crop": "centre",
           "resampler": resample.IDENTITY, "exif_orientation": True, "alpha": "composited over white",
           "draft": f"JPEG DCT scaling while the short side stays >= {DRAFT_MARGIN} x size"}

@@ -10,9 +10,10 @@ reference's (tools/fidelity.py) rounded to uint8, give or take float32 rounding 
 Layout, so that both inner loops run over contiguous memory and vectorise (SIMD, any width):
 the vertical pass goes first, over whole rows (W x 3 values), and writes its rows transposed, one
 column x of the box per row; the horizontal pass is then a second "vertical" pass over those, and
-writes its result transposed back (both by strips of output rows, see ``_resample``). No fused multiply-add and no reordering
-(no fastmath): every output byte is the same sequence of IEEE float32 operations whatever the CPU's
-vector width, so conversions on different machines give the same bytes.
+writes its result transposed back (both by strips of output rows, see ``_resample``). No fused
+multiply-add and no reordering (no fastmath): every output byte is the same sequence of IEEE
+float32 operations whatever the CPU's vector width (AVX2, AVX-512), so conversions on different
+machines give the same bytes. About 3x faster than Pillow's resize on photo sizes (BENCHMARKS.md).
 """
 from __future__ import annotations
 
