@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline.prepare.stats import DOT_CHUNK, Accumulator, moments
+from pipeline.prepare.stats import Accumulator, moments
 
 
 def python_moments(img: np.ndarray) -> np.ndarray:
@@ -17,10 +17,27 @@ def test_moments_exact(shape, rng):
 
 
 def test_moments_do_not_wrap_past_uint32():
-    """All-255 pixels beyond one uint32 chunk: each entry is n * 255**2 > 2**32."""
+    """All-255 pixels: each entry is n * 255**2 > 2**32, and > 2**31 within a single image row."""
     img = np.full((300, 300, 3), 255, np.uint8)
-    assert 300 * 300 > DOT_CHUNK and 300 * 300 * 255 ** 2 > 2 ** 32
+    assert 300 * 300 * 255 ** 2 > 2 ** 32
     np.testing.assert_array_equal(moments(img), np.full((3, 3), 300 * 300 * 255 ** 2, np.int64))
+    acc = Accumulator(300)
+    for _ in range(3):
+        acc.add(img)
+    np.testing.assert_array_equal(acc.moment, np.full((3, 3), 3 * 300 * 300 * 255 ** 2, np.int64))
+    assert (acc.pixel_sum == 3 * 255).all()
+
+
+def test_add_takes_only_its_own_shape(rng):
+    acc = Accumulator(16)
+    for bad in (np.zeros((16, 16, 3), np.float32), np.zeros((16, 17, 3), np.uint8)):
+        with pytest.raises(ValueError):
+            acc.add(bad)
+    img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    acc.add(np.asfortranarray(img))  # any memory layout
+    assert acc.count == 1
+    np.testing.assert_array_equal(acc.pixel_sum, img)
+    np.testing.assert_array_equal(acc.moment, python_moments(img))
 
 
 def test_partials_merge_to_the_whole(rng):

@@ -256,7 +256,7 @@ def prepare(source: str | None = None, json: str = "bench_out/prepare.json", qui
                         note="ours' JPEG decode alone (same DCT scaling): the ceiling"))
         rows.append(row("preprocess", _loop(lambda b: to_rgb_square(b, SIZE)), 1,
                         psnr_min_db=min(db), psnr_mean_db=float(np.mean(db)),
-                        note="ours without writing: decode + Pillow resize of the exact box"))
+                        note="ours without writing: decode + compiled resize of the exact box"))
         psnr_torch = [psnr(torch_aa_square(b, SIZE), r) for b, r in zip(blobs, references)]
         rows.append(row("torch-aa-u8", _one_thread(_loop(lambda b: torch_aa_square(b, SIZE))), 1,
                         psnr_min_db=min(psnr_torch), psnr_mean_db=float(np.mean(psnr_torch)),

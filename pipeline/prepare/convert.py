@@ -32,6 +32,7 @@ from .. import __version__
 from .. import format as fmt
 from ..errors import UsageError, UserError
 from ..fileio import NO_SPACE, atomic_write, fsync_dir, sha256_file
+from . import resample, stats
 from .distributed import SINGLE, Ranks, host
 from .preprocess import PARAMS, DecodeError, encode_jpeg, to_rgb_square
 from .sources import Item, LayoutError, detect, read_input
@@ -245,6 +246,8 @@ def _run(tasks, workers: int, total: int, done: int, progress: bool):
             for task in tasks:
                 bar.update(convert_shard(task)[2])
             return
+        resample.warm_up()  # compiled once here, inherited by the forked workers
+        stats.warm_up()
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             for _, _, n in pool.imap_unordered(convert_shard, tasks):

@@ -2,7 +2,8 @@
 
 Used by the converter, the benchmarks and the tests. The geometry is exact: the output covers the
 centred ``s x s`` square of the (EXIF-oriented) input, ``s`` its shorter side, resampled with an
-antialiased bicubic filter. Only that square is resampled, and JPEGs are first decoded at a reduced
+antialiased bicubic filter (``resample.resize_box``: Pillow's filter and geometry, float
+accumulation, compiled). Only that square is resampled, and JPEGs are first decoded at a reduced
 DCT scale as far as the short side stays at least 1.5x the target (``draft``): both are large
 speed-ups whose effect on the pixels the tests bound (PSNR against a full-resolution float reference).
 """
@@ -15,7 +16,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-FILTER = Image.Resampling.BICUBIC
+from . import resample
+
 # Panoramas and 5,000-pixel photos are legitimate inputs; beyond this, refuse (decompression bomb).
 # Pillow's own limit is a process-wide global that importing this module leaves alone: open_image
 # applies ours for the duration of its own Image.open (where Pillow checks it).
@@ -24,8 +26,11 @@ MAX_PIXELS = 16_000 * 16_000
 # Measured (BENCHMARKS.md): 2 gives min PSNR 56.8 dB on photo-size JPEGs, 1.5 gives 45.8 dB and
 # 15 % less CPU per image (1024x768 photos are then decoded at 1/2), 1 gives 42.1 dB: too thin.
 DRAFT_MARGIN = 1.5
+# The resampler is named: it decides the output bytes (Pillow's own 8-bit resampler, used before,
+# differs by a level or two on photos, more where it clips between its passes), and the job
+# identity compares PARAMS when a conversion resumes.
 PARAMS = {"resize": "short side", "filter": "bicubic-antialiased", "crop": "centre",
-          "exif_orientation": True, "alpha": "composited over white",
+          "resampler": resample.IDENTITY, "exif_orientation": True, "alpha": "composited over white",
           "draft": f"JPEG DCT scaling while the short side stays >= {DRAFT_MARGIN} x size"}
 
 
@@ -135,24 +140,21 @@ def to_rgb_square(data, size: int = 256, notes: list | None = None) -> np.ndarra
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8 or data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[2] != 3):
             raise DecodeError(f"expected uint8 (H, W) or (H, W, 3) pixels, got {data.dtype} {data.shape}")
-        img = Image.fromarray(data).convert("RGB")
-        return np.asarray(img.resize((size, size), FILTER, box=centre_box(*img.size)), dtype=np.uint8)
+        rgb = np.repeat(data[..., None], 3, axis=2) if data.ndim == 2 else data
+        return resample.resize_box(rgb, centre_box(rgb.shape[1], rgb.shape[0]), size)
     img = open_image(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img, box = _load(img, size, notes)  # the first frame of animations
-            img = _to_rgb(img)
-            out = img.resize((size, size), FILTER, box=box)
+            rgb = np.asarray(_to_rgb(img))  # (H, W, 3) uint8, a copy out of Pillow's RGBX storage
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
         raise DecodeError(f"too large: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise DecodeError(f"cannot decode: {type(e).__name__}: {e}") from None
-    arr = np.asarray(out, dtype=np.uint8)
-    assert arr.shape == (size, size, 3), arr.shape
-    return arr
+    return resample.resize_box(rgb, box, size)
 
 
 def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:

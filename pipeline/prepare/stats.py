@@ -1,6 +1,6 @@
 """Train-set statistics, accumulated during conversion (pixel units 0..255).
 
-Sums are kept as exact int64 (per image, integer dot products of the colour planes), so partial
+Sums are kept as exact int64 (per image, one compiled call: integer sums and products), so partial
 sums from shards written in any order by any number of workers or machines add up to the same bits;
 the final division happens once in float64. stats.npz holds::
 
@@ -21,23 +21,54 @@ import zipfile
 import numpy as np
 
 from .. import format as fmt
+from .jit import njit
 
 KEYS = fmt.STATS_KEYS
-# Pixels per uint32 dot product: 66051 * 255**2 < 2**32, so no partial sum can wrap.
-DOT_CHUNK = 65536
+
+
+@njit
+def _moment_sums(flat, m):  # pragma: no cover - compiled
+    """m += sum over pixels of x x^T, flat uint8 (3 N,) RGB pixels, m int64 (3, 3): int32 products
+    (at most 255**2), int64 sums (no wrap below 2**63 / 255**2 = 1.4e14 pixels)."""
+    s00 = s01 = s02 = s11 = s12 = s22 = np.int64(0)
+    for p in range(flat.shape[0] // 3):
+        r, g, b = np.int32(flat[3 * p]), np.int32(flat[3 * p + 1]), np.int32(flat[3 * p + 2])
+        s00 += r * r
+        s01 += r * g
+        s02 += r * b
+        s11 += g * g
+        s12 += g * b
+        s22 += b * b
+    m[0, 0] += s00
+    m[1, 1] += s11
+    m[2, 2] += s22
+    m[0, 1] += s01
+    m[1, 0] += s01
+    m[0, 2] += s02
+    m[2, 0] += s02
+    m[1, 2] += s12
+    m[2, 1] += s12
+
+
+@njit
+def _add(flat, pixel_sum, m):  # pragma: no cover - compiled
+    """pixel_sum += flat (int64 (3 N,)), then the moments: 0.07 ms at 256 px (numpy: 0.1 ms for the
+    sum alone, 0.3 ms for six uint32 dot products of the colour planes)."""
+    for k in range(flat.shape[0]):
+        pixel_sum[k] += flat[k]
+    _moment_sums(flat, m)
 
 
 def moments(img: np.ndarray) -> np.ndarray:
-    """Exact sum over the pixels of x x^T (3x3 int64) for uint8 (..., 3) pixels: six uint32 dot
-    products of the colour planes (0.35 ms at 256 px against 0.60 ms for a float64 copy and matmul)."""
-    planes = img.reshape(-1, 3).T.astype(np.uint32)
+    """Exact sum over the pixels of x x^T (3x3 int64) for uint8 (..., 3) pixels."""
     m = np.zeros((3, 3), np.int64)
-    for start in range(0, planes.shape[1], DOT_CHUNK):
-        p = planes[:, start:start + DOT_CHUNK]
-        for i in range(3):
-            for j in range(i, 3):
-                m[i, j] += int(np.dot(p[i], p[j]))
-    return m + np.triu(m, 1).T  # the lower triangle mirrors the upper one
+    _moment_sums(np.ascontiguousarray(img, np.uint8).reshape(-1), m)
+    return m
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels, before forking workers."""
+    Accumulator(1).add(np.zeros((1, 1, 3), np.uint8))
 
 
 class Accumulator:
@@ -47,9 +78,10 @@ class Accumulator:
         self.moment = np.zeros((3, 3), np.int64)  # sum over pixels of x x^T
 
     def add(self, img: np.ndarray) -> None:
+        if img.shape != self.pixel_sum.shape or img.dtype != np.uint8:
+            raise ValueError(f"expected uint8 {self.pixel_sum.shape}, got {img.dtype} {img.shape}")
+        _add(np.ascontiguousarray(img).reshape(-1), self.pixel_sum.reshape(-1), self.moment)
         self.count += 1
-        self.pixel_sum += img
-        self.moment += moments(img)
 
     def merge(self, other: "Accumulator") -> None:
         self.count += other.count
