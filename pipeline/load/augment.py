@@ -9,11 +9,13 @@ decisions reproduces the output exactly. Per sample, in pixel units 0..255:
     out = flip?(crop(image)) + shift                                   mean="none"
 
 where shift = eigvec @ (alpha * s) is the same RGB value for every pixel (sampler.lighting_shift:
-s = sqrt(eigval), or eigval / 255 for the paper's form; zero for val). No clipping after it. The mean image is subtracted at full size, before the crop (one
-arithmetic op, then one crop_mirror_normalize of float pixels): 1.3x more pixels than cropping
-the mean image with the same window and subtracting after, but one pass fewer, and measured 1.37x
-faster on the CPU (2,584 against 1,880 images/s, 256 px, crop 224, batch 256, 2 threads; the
-results agree within 2e-5). Ten-crop subtracts it once for its ten windows.
+s = sqrt(eigval), or eigval / 255 for the paper's form; zero for val). No clipping after it.
+
+The mean image is subtracted at full size, before the crop (one arithmetic op, then one
+crop_mirror_normalize of float pixels): 1.3x more pixels than cropping the mean image with the
+same window and subtracting after, but one pass fewer, and measured 1.37x faster on the CPU (2,584
+against 1,880 images/s, 256 px, crop 224, batch 256, 2 threads; the results agree within 2e-5).
+Ten-crop subtracts it once for its ten windows.
 """
 from __future__ import annotations
 
