@@ -2,8 +2,9 @@
 
     python -m tools.bench.resample [--repeats=200]
 
-For each photo size of tools.synthetic (after the converter's DCT-scaling rule, so 1024x768 is
-resized from 512x384), the centre box of one photo to 256 px: median milliseconds of one process
+For each photo size of tools.synthetic, one photo encoded as a JPEG (quality 90) and decoded as
+the converter decodes it (``preprocess.decode``: DCT scaling included, so 1024x768 is resized from
+512x384), the centre box to 256 px: median milliseconds of one process
 thread over ``repeats`` calls after a warm-up, for
     ours     pipeline.prepare.resample.resize_box on the decoded pixels (what to_rgb_square calls)
     copy     np.asarray of the decoded Pillow image (to_rgb_square's copy out of Pillow)
@@ -18,7 +19,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from pipeline.prepare.preprocess import DRAFT_MARGIN, centre_box
+from pipeline.prepare.preprocess import centre_box, decode, encode_jpeg
 from pipeline.prepare.resample import resize_box, warm_up
 from tools import synthetic
 from tools.cli import run_cli
@@ -47,10 +48,11 @@ def resample(repeats: int = 200):
           "| ours max err | pillow max err |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|")
     for w, h in synthetic.PHOTO_SIZES:
-        while min(w, h) >= 2 * DRAFT_MARGIN * SIZE:  # the converter's draft: halve while >= 1.5 x 256
-            w, h = w // 2, h // 2
-        rgb = synthetic.photo(np.random.default_rng(w * h), w, h, label=1, n_classes=3)
-        img, box = Image.fromarray(rgb), centre_box(w, h)
+        photo = synthetic.photo(np.random.default_rng(w * h), w, h, label=1, n_classes=3)
+        img = decode(encode_jpeg(photo, 90), SIZE)  # the converter's decode, DCT scaling included
+        rgb = np.asarray(img)
+        w, h = img.size
+        box = centre_box(w, h)
         ref = reference(rgb, SIZE)
         ours = _median_ms(lambda: resize_box(rgb, box, SIZE), repeats)
         copy = _median_ms(lambda: np.asarray(img), repeats)
