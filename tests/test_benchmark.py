@@ -24,7 +24,8 @@ def test_prepare_quick(tree, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| system |" in proc.stdout
     rows = {r["system"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"ours", "ffcv-writer", "pillow-loop", "decode-only", "preprocess", "torch-aa-u8"}
+    assert set(rows) == {"ours", "ffcv-writer", "pillow-loop", "decode-only", "decode-rgb", "preprocess",
+                         "torch-aa-u8"}
     _assert_table_regenerates(proc, out, tmp_path)
     n_inputs = sum(1 for p in tree.rglob("*.JPEG"))
     for system, row in rows.items():

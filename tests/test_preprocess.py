@@ -42,8 +42,9 @@ def test_draft_keeps_the_short_side_at_least_one_and_a_half_times_the_target(wh,
     from pipeline.prepare import preprocess
 
     seen = []
-    to_rgb = preprocess._to_rgb
-    monkeypatch.setattr(preprocess, "_to_rgb", lambda img: seen.append(img.size) or to_rgb(img))
+    resize = preprocess.resample.resize_box
+    monkeypatch.setattr(preprocess.resample, "resize_box",
+                        lambda src, box, size: seen.append(src.shape[1::-1]) or resize(src, box, size))
     rgb = np.zeros((wh[1], wh[0], 3), np.uint8)
     assert to_rgb_square(synthetic.jpeg_bytes(rgb, 90), 256).shape == (256, 256, 3)
     assert seen == [decoded]
@@ -165,3 +166,106 @@ def test_undecodable_inputs_raise_decode_error(photo, data, reason):
         data = synthetic.jpeg_bytes(photo)[:120]  # the header alone: nothing to repair
     with pytest.raises(DecodeError, match=reason):
         to_rgb_square(data, 32)
+
+
+# Two decoders, one result: simplejpeg for plain JPEGs, Pillow for the rest. The reference is
+# Pillow's path (preprocess.decode: Pillow's own draft, then its RGB conversion), decoded apart.
+
+def _pillow_pixels(data: bytes, size: int = 256) -> np.ndarray:
+    from pipeline.prepare import preprocess
+
+    return np.asarray(preprocess.decode(data, size).convert("RGB"))
+
+
+def _jpeg(wh, seed=0, **save) -> bytes:
+    rgb = synthetic.photo(np.random.default_rng(seed), *wh, label=seed % 5, n_classes=5)
+    return encode(Image.fromarray(rgb), "JPEG", **save)
+
+
+_SIZES = [((500, 375), 1), ((375, 500), 1), ((777, 411), 1), ((767, 1023), 1), ((1024, 768), 2),
+          ((1023, 769), 2), ((1600, 1201), 2), ((2048, 1537), 4)]
+_SAVES = {"420": dict(quality=90), "444": dict(quality=75, subsampling=0),
+          "422": dict(quality=95, subsampling=1), "prog": dict(quality=85, progressive=True),
+          "opt": dict(quality=80, optimize=True)}
+
+
+@pytest.mark.parametrize("wh, factor, save",
+                         [(wh, f, save) for wh, f in _SIZES for save in _SAVES.values()]
+                         + [((4097, 3073), 8, _SAVES["420"])],
+                         ids=[f"{w}x{h}-{k}" for (w, h), _ in _SIZES for k in _SAVES] + ["4097x3073-420"])
+def test_plain_jpeg_decoder_gives_pillows_pixels(wh, factor, save):
+    from pipeline.prepare import preprocess
+
+    if preprocess.simplejpeg is None:
+        pytest.skip("simplejpeg not installed: Pillow decodes every input")
+    data = _jpeg(wh, seed=wh[0], **save)
+    fast = preprocess._decode_plain_jpeg(preprocess.open_image(data), data, 256)
+    assert fast is not None, "a plain JPEG must take the fast path"
+    expected = _pillow_pixels(data)
+    assert expected.shape[:2] == (-(-wh[1] // factor), -(-wh[0] // factor))  # the DCT scale meant
+    assert fast.shape == expected.shape and fast.dtype == np.uint8
+    np.testing.assert_array_equal(fast, expected)
+
+
+def test_greyscale_jpeg_decoder_gives_pillows_pixels():
+    from pipeline.prepare import preprocess
+
+    if preprocess.simplejpeg is None:
+        pytest.skip("simplejpeg not installed")
+    for wh in ((500, 333), (1024, 768)):
+        rgb = synthetic.photo(np.random.default_rng(1), *wh, label=1, n_classes=3)
+        data = encode(Image.fromarray(rgb).convert("L"), "JPEG", quality=90)
+        fast = preprocess._decode_plain_jpeg(preprocess.open_image(data), data, 256)
+        assert fast is not None and fast.shape[2] == 3
+        np.testing.assert_array_equal(fast, _pillow_pixels(data))
+
+
+def test_other_inputs_leave_the_plain_jpeg_decoder(photo):
+    """CMYK, EXIF-rotated, truncated and non-JPEG inputs are Pillow's (its CMYK inversion, its
+    rotation, its notes on what a truncated file lost)."""
+    from pipeline.prepare import preprocess
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    full = synthetic.jpeg_bytes(photo, 90)
+    for data in (encode(Image.fromarray(photo).convert("CMYK"), "JPEG", quality=95),
+                 encode(Image.fromarray(photo), "JPEG", quality=95, exif=exif.tobytes()),
+                 full[: int(len(full) * 0.8)], encode(Image.fromarray(photo), "PNG")):
+        assert preprocess._decode_plain_jpeg(preprocess.open_image(data), data, 256) is None
+    notes = []
+    to_rgb_square(full[: int(len(full) * 0.8)], 40, notes)
+    assert len(notes) == 1 and "missing, filled grey" in notes[0]
+
+
+def test_conversion_bytes_do_not_depend_on_the_decoder(tmp_path, monkeypatch):
+    """The same source tree (plain, greyscale, progressive, rotated, CMYK JPEGs) converts to the same
+    bytes with simplejpeg and with Pillow alone."""
+    import hashlib
+
+    from pipeline.prepare import preprocess
+    from pipeline.prepare.convert import convert
+
+    if preprocess.simplejpeg is None:
+        pytest.skip("simplejpeg not installed")
+    rng = np.random.default_rng(9)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    for split in ("train", "val"):
+        for c in range(2):
+            folder = tmp_path / "src" / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i, (wh, mode, save) in enumerate([((500, 375), "RGB", {}), ((1024, 768), "RGB", {}),
+                                                  ((640, 480), "L", {}), ((800, 600), "RGB", {"progressive": True}),
+                                                  ((333, 500), "RGB", {"exif": exif.tobytes()}),
+                                                  ((400, 300), "CMYK", {})]):
+                img = Image.fromarray(synthetic.photo(rng, *wh, label=c, n_classes=2)).convert(mode)
+                (folder / f"{i}.jpg").write_bytes(encode(img, "JPEG", quality=90, **save))
+
+    def digest(out):
+        return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(out.rglob("*")) if p.is_file()}
+
+    convert(tmp_path / "src", tmp_path / "fast", size=64, workers=1, progress=False)
+    monkeypatch.setattr(preprocess, "simplejpeg", None)
+    convert(tmp_path / "src", tmp_path / "pillow", size=64, workers=1, progress=False)
+    assert digest(tmp_path / "fast") == digest(tmp_path / "pillow")

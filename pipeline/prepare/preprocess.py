@@ -6,6 +6,13 @@ antialiased bicubic filter (``resample.resize_box``: Pillow's filter and geometr
 accumulation, compiled). Only that square is resampled, and JPEGs are first decoded at a reduced
 DCT scale as far as the short side stays at least 1.5x the target (``draft``): both are large
 speed-ups whose effect on the pixels the tests bound (PSNR against a full-resolution float reference).
+
+Two decoders, one result: a plain JPEG (YCbCr or greyscale, upright: nearly every ImageNet photo)
+is decoded by libjpeg-turbo through ``simplejpeg`` straight into an (H, W, 3) array, at the DCT
+scale Pillow's ``draft`` picks; everything else (PNG, CMYK, EXIF-rotated, damaged or truncated
+data...) goes through Pillow. The tests hold the two to the same bytes on every JPEG kind (they are
+the same library's integer IDCT and colour conversion). The fast one skips Pillow's RGBX storage
+and the copy out of it: 0.7 ms less per photo-size image, a quarter of the decode (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -17,6 +24,11 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from . import resample
+
+try:
+    import simplejpeg
+except ImportError:  # pragma: no cover - a dependency (setup.py); without it Pillow decodes all
+    simplejpeg = None
 
 # Panoramas and 5,000-pixel photos are legitimate inputs; beyond this, refuse (decompression bomb).
 # Pillow's own limit is a process-wide global that importing this module leaves alone: open_image
@@ -78,18 +90,54 @@ def truncation_note(img: Image.Image) -> str:
     return f"data ends early (no end-of-image marker), decoded as far as it goes: {what}"
 
 
+def _draft_request(width: int, height: int, size: int) -> tuple[int, int] | None:
+    """The size asked of a JPEG's ``draft`` (None: decode in full).
+
+    DRAFT_MARGIN x the target resolution, so the bicubic filter still does the final antialiasing
+    (DCT scaling alone aliases on fine texture: 42 dB instead of 57 dB on our test photos). Pillow
+    reduces by a power of two only, so this halves the decode from a 768 px short side up (quarters
+    from 1536): most ImageNet photos are decoded in full."""
+    if min(width, height) < DRAFT_MARGIN * size:
+        return None
+    scale = min(width, height) / (DRAFT_MARGIN * size)
+    return max(1, int(width / scale)), max(1, int(height / scale))
+
+
+def _draft_factor(width: int, height: int, request: tuple[int, int] | None) -> int:
+    """The DCT reduction (8, 4, 2 or 1) that Pillow's ``JpegImageFile.draft`` picks for ``request``."""
+    if request is None:
+        return 1
+    scale = min(width // request[0], height // request[1])
+    return next(s for s in (8, 4, 2) if scale >= s) if scale >= 2 else 1
+
+
+def _decode_plain_jpeg(img: Image.Image, data: bytes, size: int) -> np.ndarray | None:
+    """A plain JPEG (Pillow mode RGB or L: YCbCr, Adobe RGB or greyscale; no EXIF rotation) decoded
+    by simplejpeg into a uint8 (H, W, 3) array, at Pillow's draft scale: the pixels of ``_load`` then
+    ``_to_rgb``. None for any other input, and for data with a fault (libjpeg's warnings are errors
+    here): Pillow then decodes it, as far as it goes, and says what was missing."""
+    if simplejpeg is None or img.format != "JPEG" or img.mode not in ("RGB", "L"):
+        return None  # CMYK and YCCK: Pillow inverts Adobe's CMYK, simplejpeg would convert its own way
+    if img.getexif().get(0x0112, 1) != 1:
+        return None
+    width, height = img.size
+    s = _draft_factor(width, height, _draft_request(width, height, size))
+    w, h = -(-width // s), -(-height // s)  # libjpeg's scaled size, as Pillow's draft computes it
+    try:
+        rgb = simplejpeg.decode_jpeg(data, "RGB", min_factor=s, min_height=h, min_width=w)
+    except ValueError:  # strict mode: corrupt data, data ends early, a header it cannot read
+        return None
+    return rgb if rgb.shape == (h, w, 3) else None
+
+
 def _load(img: Image.Image, size: int, notes: list | None = None
           ) -> tuple[Image.Image, tuple[float, float, float, float]]:
     """Decode (at a reduced JPEG scale when possible); return the image and the crop box in it."""
     width, height = img.size
     orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    if img.format == "JPEG" and min(width, height) >= DRAFT_MARGIN * size:
-        # Ask for DRAFT_MARGIN x the target resolution so the bicubic filter still does the final
-        # antialiasing (DCT scaling alone aliases on fine texture: 42 dB instead of 57 dB on our
-        # test photos). Pillow reduces by a power of two only, so with 2 this halves the decode
-        # from a 1024 px short side up (quarters from 2048): most ImageNet photos are decoded in full.
-        scale = min(width, height) / (DRAFT_MARGIN * size)
-        img.draft(None, (max(1, int(width / scale)), max(1, int(height / scale))))
+    request = _draft_request(width, height, size) if img.format == "JPEG" else None
+    if request is not None:
+        img.draft(None, request)
     try:
         img.load()
     except OSError as e:
@@ -109,8 +157,8 @@ def _load(img: Image.Image, size: int, notes: list | None = None
 
 
 def decode(data: bytes, size: int = 256) -> Image.Image:
-    """Only the decode of ``to_rgb_square`` (same DCT scaling, EXIF orientation): the benchmark's
-    ceiling for a converter, which cannot go faster than its decoder."""
+    """Pillow's decode as ``to_rgb_square`` does it for inputs that are not plain JPEGs (same DCT
+    scaling, EXIF orientation), to a Pillow image: the benchmark's ``decode-only`` ceiling."""
     return _load(open_image(data), size)[0]
 
 
@@ -142,10 +190,21 @@ def to_rgb_square(data, size: int = 256, notes: list | None = None) -> np.ndarra
             raise DecodeError(f"expected uint8 (H, W) or (H, W, 3) pixels, got {data.dtype} {data.shape}")
         rgb = np.repeat(data[..., None], 3, axis=2) if data.ndim == 2 else data
         return resample.resize_box(rgb, centre_box(rgb.shape[1], rgb.shape[0]), size)
+    rgb, box = decode_rgb(data, size, notes)
+    return resample.resize_box(rgb, box, size)
+
+
+def decode_rgb(data: bytes, size: int = 256, notes: list | None = None
+               ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The decode of ``to_rgb_square``: a uint8 (H, W, 3) RGB array (at a reduced JPEG scale when
+    possible) and the centre box to resample in it. Raises DecodeError like it."""
     img = open_image(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            rgb = _decode_plain_jpeg(img, data, size)
+            if rgb is not None:
+                return rgb, centre_box(rgb.shape[1], rgb.shape[0])
             img, box = _load(img, size, notes)  # the first frame of animations
             rgb = np.asarray(_to_rgb(img))  # (H, W, 3) uint8, a copy out of Pillow's RGBX storage
     except DecodeError:
@@ -154,7 +213,7 @@ def to_rgb_square(data, size: int = 256, notes: list | None = None) -> np.ndarra
         raise DecodeError(f"too large: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise DecodeError(f"cannot decode: {type(e).__name__}: {e}") from None
-    return resample.resize_box(rgb, box, size)
+    return rgb, box
 
 
 def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:
