@@ -112,6 +112,7 @@ def versions() -> dict:
     return {"python": platform.python_version(), "numpy": numpy.__version__,
             "pillow": _dist_version("pillow"),
             "libjpeg_turbo": features.version("libjpeg_turbo"),  # Pillow's JPEG decoder
+            "simplejpeg": _dist_version("simplejpeg"),  # the converter's decoder for plain JPEGs
             "torch": _dist_version("torch"), "dali": _dist_version("nvidia-dali"),
             "ffcv": _dist_version("ffcv"), "opencv": _dist_version("opencv-python")}
 
