@@ -240,8 +240,7 @@ def test_other_inputs_leave_the_plain_jpeg_decoder(photo):
 def test_conversion_bytes_do_not_depend_on_the_decoder(tmp_path, monkeypatch):
     """The same source tree (plain, greyscale, progressive, rotated, CMYK JPEGs) converts to the same
     bytes with simplejpeg and with Pillow alone."""
-    import hashlib
-
+    from helpers import tree_digest
     from pipeline.prepare import preprocess
     from pipeline.prepare.convert import convert
 
@@ -261,11 +260,7 @@ def test_conversion_bytes_do_not_depend_on_the_decoder(tmp_path, monkeypatch):
                 img = Image.fromarray(synthetic.photo(rng, *wh, label=c, n_classes=2)).convert(mode)
                 (folder / f"{i}.jpg").write_bytes(encode(img, "JPEG", quality=90, **save))
 
-    def digest(out):
-        return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(out.rglob("*")) if p.is_file()}
-
     convert(tmp_path / "src", tmp_path / "fast", size=64, workers=1, progress=False)
     monkeypatch.setattr(preprocess, "simplejpeg", None)
     convert(tmp_path / "src", tmp_path / "pillow", size=64, workers=1, progress=False)
-    assert digest(tmp_path / "fast") == digest(tmp_path / "pillow")
+    assert tree_digest(tmp_path / "fast") == tree_digest(tmp_path / "pillow")
