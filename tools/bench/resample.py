@@ -2,12 +2,14 @@
 
     python -m tools.bench.resample [--repeats=200]
 
-For each photo size of tools.synthetic, one photo encoded as a JPEG (quality 90) and decoded as
-the converter decodes it (``preprocess.decode``: DCT scaling included, so 1024x768 is resized from
-512x384), the centre box to 256 px: median milliseconds of one process
-thread over ``repeats`` calls after a warm-up, for
+For each photo size of tools.synthetic, one photo encoded as a JPEG (quality 90) and decoded with
+Pillow as the converter does for inputs that are not plain JPEGs (``preprocess.decode``: DCT scaling
+included, so 1024x768 is resized from 512x384; plain JPEGs come from simplejpeg, same pixels, no
+copy), the centre box to 256 px: median milliseconds of one process thread over ``repeats`` calls
+after a warm-up, for
     ours     pipeline.prepare.resample.resize_box on the decoded pixels (what to_rgb_square calls)
-    copy     np.asarray of the decoded Pillow image (to_rgb_square's copy out of Pillow)
+    copy     np.asarray of the decoded Pillow image (to_rgb_square's copy out of Pillow, on its
+             Pillow path only)
     pillow   Image.resize(BICUBIC, box=...) on the Pillow image (the converter before issue 14)
 and each one's largest difference from the float reference (tools/fidelity.py) in grey levels.
 Prints a Markdown table; record it in BENCHMARKS.md with the machine.
