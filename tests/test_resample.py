@@ -109,6 +109,35 @@ def test_coefficients_follow_pillows_bounds_and_sum_to_one():
     assert coefficients(500, 62.5, 437.5, 256)[2] is w  # cached: photos share sizes
 
 
+def float32_in_order(rgb: np.ndarray, box, size: int) -> np.ndarray:
+    """The resampler's arithmetic spelled out in NumPy, whole arrays at a time: the vertical sums,
+    then the horizontal ones, each tap's product added in order in float32, one rounding. None of
+    the kernel's layout (strips, transposes, rows and taps taken in pairs, 16-byte moves)."""
+    h, w = rgb.shape[:2]
+    yf, yn, yw = coefficients(h, box[1], box[3], size)
+    xf, xn, xw = coefficients(w, box[0], box[2], size)
+    x = rgb.astype(np.float32)
+    rows = np.zeros((size, w, 3), np.float32)
+    for i in range(size):
+        for t in range(yn[i]):
+            rows[i] = rows[i] + yw[i, t] * x[yf[i] + t]
+    out = np.zeros((size, size, 3), np.float32)
+    for j in range(size):
+        for t in range(xn[j]):
+            out[:, j] = out[:, j] + xw[j, t] * rows[:, xf[j] + t]
+    return np.minimum(np.maximum(out + np.float32(0.5), np.float32(0.0)), np.float32(255.0)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("wh", [(500, 375), (375, 500), (37, 91), (300, 40), (5, 1), (1, 1), (64, 64)])
+@pytest.mark.parametrize("size", [256, 97, 33, 1])
+def test_bytes_are_the_float32_sums_in_order(wh, size):
+    """Byte for byte: the same float32 operations in the same order give the same bytes on any CPU.
+    Sizes cover strips of odd height (97 = 3 x 32 + 1), a last output column, one-pixel outputs."""
+    rgb = np.random.default_rng(wh[0] * 31 + wh[1]).integers(0, 256, (wh[1], wh[0], 3), np.uint8)
+    box = centre(*wh)
+    np.testing.assert_array_equal(resize_box(rgb, box, size), float32_in_order(rgb, box, size))
+
+
 def test_rejects_other_dtypes_and_shapes():
     with pytest.raises(ValueError):
         resize_box(np.zeros((4, 4, 3), np.float32), (0, 0, 4, 4), 2)
