@@ -13,6 +13,9 @@ scale Pillow's ``draft`` picks; everything else (PNG, CMYK, EXIF-rotated, damage
 data...) goes through Pillow. The tests hold the two to the same bytes on every JPEG kind (they are
 the same library's integer IDCT and colour conversion). The fast one skips Pillow's RGBX storage
 and the copy out of it: 0.7 ms less per photo-size image, a quarter of the decode (BENCHMARKS.md).
+A JPEG without APP1 (EXIF, XMP) or MPF segments skips Pillow's header parse too (a marker walk and
+libjpeg-turbo's own header read, 0.07 ms less); one with them is opened by Pillow, which reads its
+orientation, and is still decoded by simplejpeg when upright.
 """
 from __future__ import annotations
 
@@ -111,16 +114,39 @@ def _draft_factor(width: int, height: int, request: tuple[int, int] | None) -> i
     return next(s for s in (8, 4, 2) if scale >= s) if scale >= 2 else 1
 
 
-def _decode_plain_jpeg(img: Image.Image, data: bytes, size: int) -> np.ndarray | None:
-    """A plain JPEG (Pillow mode RGB or L: YCbCr, Adobe RGB or greyscale; no EXIF rotation) decoded
-    by simplejpeg into a uint8 (H, W, 3) array, at Pillow's draft scale: the pixels of ``_load`` then
-    ``_to_rgb``. None for any other input, and for data with a fault (libjpeg's warnings are errors
-    here): Pillow then decodes it, as far as it goes, and says what was missing."""
-    if simplejpeg is None or img.format != "JPEG" or img.mode not in ("RGB", "L"):
-        return None  # CMYK and YCCK: Pillow inverts Adobe's CMYK, simplejpeg would convert its own way
-    if img.getexif().get(0x0112, 1) != 1:
+def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG that needs nothing of Pillow's header parse, read without it:
+    YCbCr or greyscale, no APP1 segment (EXIF or XMP: where an orientation would be) and no MPF
+    (multi-picture), at most MAX_PIXELS. None for anything else, and for any marker it does not
+    follow: Pillow then opens the input, as it does every other input."""
+    if simplejpeg is None or data[:3] != b"\xff\xd8\xff":
         return None
-    width, height = img.size
+    pos, end = 2, len(data)
+    while pos + 4 <= end and data[pos] == 0xFF:  # the segments up to the first scan
+        marker = data[pos + 1]
+        if marker == 0xDA:  # start of scan: the header is complete
+            break
+        if marker == 0xE1 or (marker == 0xE2 and data[pos + 4:pos + 8] == b"MPF\0"):
+            return None
+        if marker < 0xC0 or 0xD0 <= marker <= 0xD9 or marker == 0xFF:  # a stray marker, fill bytes
+            return None
+        pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
+    else:
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("YCbCr", "Gray") or width * height > MAX_PIXELS:
+        return None
+    return width, height
+
+
+def _decode_plain_jpeg(data: bytes, width: int, height: int, size: int) -> np.ndarray | None:
+    """A plain JPEG (Pillow mode RGB or L: YCbCr, Adobe RGB or greyscale; no EXIF rotation) of
+    ``width`` x ``height`` decoded by simplejpeg into a uint8 (H, W, 3) array, at Pillow's draft
+    scale: the pixels of ``_load`` then ``_to_rgb``. None for data with a fault (libjpeg's warnings
+    are errors here): Pillow then decodes it, as far as it goes, and says what was missing."""
     s = _draft_factor(width, height, _draft_request(width, height, size))
     w, h = -(-width // s), -(-height // s)  # libjpeg's scaled size, as Pillow's draft computes it
     try:
@@ -128,6 +154,13 @@ def _decode_plain_jpeg(img: Image.Image, data: bytes, size: int) -> np.ndarray |
     except ValueError:  # strict mode: corrupt data, data ends early, a header it cannot read
         return None
     return rgb if rgb.shape == (h, w, 3) else None
+
+
+def _is_plain_jpeg(img: Image.Image) -> bool:
+    """Pillow's view of the same: a JPEG of mode RGB or L, upright (CMYK and YCCK: Pillow inverts
+    Adobe's CMYK, simplejpeg would convert its own way)."""
+    return (simplejpeg is not None and img.format == "JPEG" and img.mode in ("RGB", "L")
+            and img.getexif().get(0x0112, 1) == 1)
 
 
 def _load(img: Image.Image, size: int, notes: list | None = None
@@ -198,13 +231,17 @@ def decode_rgb(data: bytes, size: int = 256, notes: list | None = None
                ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """The decode of ``to_rgb_square``: a uint8 (H, W, 3) RGB array (at a reduced JPEG scale when
     possible) and the centre box to resample in it. Raises DecodeError like it."""
+    plain = _plain_jpeg_size(data)
+    if plain is not None and (rgb := _decode_plain_jpeg(data, *plain, size)) is not None:
+        return rgb, centre_box(rgb.shape[1], rgb.shape[0])
     img = open_image(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rgb = _decode_plain_jpeg(img, data, size)
-            if rgb is not None:
-                return rgb, centre_box(rgb.shape[1], rgb.shape[0])
+            if plain is None and _is_plain_jpeg(img):  # e.g. EXIF that says "upright"
+                rgb = _decode_plain_jpeg(data, *img.size, size)
+                if rgb is not None:
+                    return rgb, centre_box(rgb.shape[1], rgb.shape[0])
             img, box = _load(img, size, notes)  # the first frame of animations
             rgb = np.asarray(_to_rgb(img))  # (H, W, 3) uint8, a copy out of Pillow's RGBX storage
     except DecodeError:
