@@ -51,3 +51,15 @@ def test_partials_merge_to_the_whole(rng):
     np.testing.assert_array_equal(b.moment, whole.moment)
     np.testing.assert_array_equal(b.pixel_sum, imgs.astype(np.int64).sum(0))
     np.testing.assert_array_equal(b.moment, python_moments(imgs))
+
+
+def test_pixel_sums_stay_exact_past_the_uint16_buffer():
+    """All-255 images, more than the uint16 buffer holds (257 x 255 = 65535), read part-way too."""
+    acc = Accumulator(4)
+    img = np.full((4, 4, 3), 255, np.uint8)
+    for n in range(1, 700):
+        acc.add(img)
+        if n in (1, 100, 600):  # 500 images between the last two reads
+            assert (acc.pixel_sum == n * 255).all() and acc.count == n
+    assert (acc.pixel_sum == 699 * 255).all()
+    assert acc.finalize()["mean_image"].min() == 255.0

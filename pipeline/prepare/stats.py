@@ -51,11 +51,11 @@ def _moment_sums(flat, m):  # pragma: no cover - compiled
 
 
 @njit
-def _add(flat, pixel_sum, m):  # pragma: no cover - compiled
-    """pixel_sum += flat (int64 (3 N,)), then the moments: 0.07 ms at 256 px (numpy: 0.1 ms for the
+def _add(flat, recent, m):  # pragma: no cover - compiled
+    """recent += flat (uint16 (3 N,)), then the moments: 0.05 ms at 256 px (numpy: 0.1 ms for the
     sum alone, 0.3 ms for six uint32 dot products of the colour planes)."""
     for k in range(flat.shape[0]):
-        pixel_sum[k] += flat[k]
+        recent[k] += flat[k]
     _moment_sums(flat, m)
 
 
@@ -72,20 +72,42 @@ def warm_up() -> None:
 
 
 class Accumulator:
+    """Exact train-set sums. The per-pixel sums of the last images go to a uint16 buffer (``RECENT``
+    images of at most 255 fit), added to the int64 ``pixel_sum`` whenever it fills and before any
+    read: a quarter of the memory traffic per image (0.03 ms less at 256 px), the same integers."""
+    RECENT = 65535 // 255  # 257
+
     def __init__(self, size: int):
         self.count = 0
-        self.pixel_sum = np.zeros((size, size, 3), np.int64)
+        self._pixel_sum = np.zeros((size, size, 3), np.int64)
+        self._recent = np.zeros((size, size, 3), np.uint16)
+        self._pending = 0  # images in _recent
         self.moment = np.zeros((3, 3), np.int64)  # sum over pixels of x x^T
 
+    @property
+    def pixel_sum(self) -> np.ndarray:
+        """int64 (size, size, 3): the sum of every image added so far."""
+        self._flush()
+        return self._pixel_sum
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._pixel_sum += self._recent
+            self._recent[...] = 0
+            self._pending = 0
+
     def add(self, img: np.ndarray) -> None:
-        if img.shape != self.pixel_sum.shape or img.dtype != np.uint8:
-            raise ValueError(f"expected uint8 {self.pixel_sum.shape}, got {img.dtype} {img.shape}")
-        _add(np.ascontiguousarray(img).reshape(-1), self.pixel_sum.reshape(-1), self.moment)
+        if img.shape != self._recent.shape or img.dtype != np.uint8:
+            raise ValueError(f"expected uint8 {self._recent.shape}, got {img.dtype} {img.shape}")
+        if self._pending == self.RECENT:
+            self._flush()
+        _add(np.ascontiguousarray(img).reshape(-1), self._recent.reshape(-1), self.moment)
+        self._pending += 1
         self.count += 1
 
     def merge(self, other: "Accumulator") -> None:
         self.count += other.count
-        self.pixel_sum += other.pixel_sum
+        self.pixel_sum[...] += other.pixel_sum
         self.moment += other.moment
 
     def state(self) -> dict:
