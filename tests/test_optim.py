@@ -9,7 +9,7 @@ from trainer.optim import build_optimizer
 def test_weight_decay_on_weights_only_and_the_config_values():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 6 * 6, 2))
-    cfg = SimpleNamespace(lr=0.03, momentum=0.8, nesterov=True, weight_decay=1e-3)
+    cfg = SimpleNamespace(lr=0.03, momentum=0.8, nesterov=True, weight_decay=1e-3, bias_lr_mult=1.0)
     opt = build_optimizer(model, cfg)
     decayed, plain = opt.param_groups
     conv, bn, lin = model[0], model[1], model[3]
@@ -25,7 +25,8 @@ def test_one_step_is_sgd_with_momentum_and_decoupled_groups():
     lin = torch.nn.Linear(1, 1)
     with torch.no_grad():
         lin.weight.fill_(2.0), lin.bias.fill_(3.0)
-    opt = build_optimizer(lin, SimpleNamespace(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.5))
+    opt = build_optimizer(lin, SimpleNamespace(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.5,
+                                               bias_lr_mult=1.0))
     lin(torch.ones(1, 1)).sum().backward()  # d/dw = x = 1, d/db = 1
     opt.step()
     assert torch.allclose(lin.weight, torch.tensor([[2.0 - 0.1 * (1 + 0.5 * 2.0)]]))

@@ -29,6 +29,22 @@ def test_losses_agree_across_dp_mp_layouts(dataset, tmp_path):
                                    err_msg=f"dp x mp = {layout}")
 
 
+@pytest.mark.timeout(600)
+def test_the_shipped_alexnet_init_and_bias_rate_agree_across_mp(dataset, tmp_path):
+    """configs/alexnet_paper.yaml's init keys (Caffe's stds, biases 0.1 at lr x2) on the two-tower
+    graph: mp=2 gives mp=1's losses (dropout 0, whose masks are drawn per rank)."""
+    keys = dict(init="caffe", bias_init=0.1, bias_lr_mult=2.0, max_steps=12)
+    runs = {}
+    for mp in (1, 2):
+        torchrun(mp, *base_args(dataset, tmp_path / f"mp{mp}", mp=mp, **keys))
+        runs[mp] = losses(tmp_path / f"mp{mp}")
+    plain = tmp_path / "plain"
+    torchrun(1, *base_args(dataset, plain, max_steps=12))
+    assert sorted(runs[1]) == list(range(1, 13))
+    np.testing.assert_allclose([runs[2][s] for s in runs[1]], list(runs[1].values()), rtol=1e-3)
+    assert not np.allclose(list(losses(plain).values()), list(runs[1].values()), rtol=1e-3)  # the keys act
+
+
 SPLIT_SCRIPT = r"""
 import sys, torch, torch.distributed as dist
 from trainer.models import build_model

@@ -39,7 +39,7 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
     from pipeline.errors import UsageError
     from trainer.config import make_config
     from trainer.main import evaluate
-    from trainer.models import build_model
+    from trainer.models import model_from_config
     from trainer.parallel import cleanup, init_distributed
     from trainer.step import autocast, input_dtype
 
@@ -64,8 +64,7 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
         ds = open_dataset(cfg.data)
         if split not in ds:
             raise UsageError(f"--split: {ds.root}: no split {split!r}; it has {sorted(ds.splits)}")
-        model = build_model(cfg.model, len(ds.classes), cfg.crop, dropout=cfg.dropout,
-                            bias_init=cfg.bias_init, seed=cfg.seed)
+        model = model_from_config(cfg, len(ds.classes))
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:

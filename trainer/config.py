@@ -29,6 +29,8 @@ class Config:
     mp: int = 1                    # 2: alexnet's towers on a pair of ranks; world = dp x mp
     dropout: float = 0.5
     bias_init: float = 1.0         # paper: 1 in conv2/4/5, fc6/7 (Caffe used 0.1)
+    init: str = "paper"            # alexnet weight stds: paper | code2012 | caffe (models/alexnet.py)
+    dropout_form: str = "inverted" # alexnet: inverted (torch's) | paper (x (1-p) at test)
     # batches and schedule
     batch_size: int = 128          # global, over the data-parallel ranks
     epochs: int = 90
@@ -38,6 +40,7 @@ class Config:
     nesterov: bool = False
     label_smoothing: float = 0.0   # 0 = the paper's plain cross-entropy
     weight_decay: float = 5e-4     # applied to weights, not biases (as cuda-convnet)
+    bias_lr_mult: float = 1.0      # biases (every 1-d parameter) learn at lr x this (cuda-convnet, Caffe: 2)
     lr_schedule: str = "plateau"   # plateau | step | cosine
     lr_factor: float = 0.1         # plateau and step: multiply by this
     lr_step_epochs: int = 30       # step: every this many epochs
@@ -57,6 +60,7 @@ class Config:
     loader_threads: int = 0        # DALI threads per rank; 0 = auto
     # logging, evaluation, checkpoints
     log_every: int = 10            # steps
+    stall_steps: int = 3000        # warn if the loss is not below 0.98 ln C by this step; 0 = never
     eval_every: int = 1            # epochs; 0 = never
     ten_crop_eval: bool = False
     ckpt_every_steps: int = 0      # 0 = only at epoch ends
@@ -83,8 +87,14 @@ class Config:
         for key in ("batch_size", "crop", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if (self.init, self.dropout_form) != ("paper", "inverted") and self.model not in SPLITTABLE:
+            raise ConfigError(f"init and dropout_form are the paper AlexNet's ({sorted(SPLITTABLE)}); "
+                              f"{self.model} uses its own published init and torch's dropout")
+        if self.bias_lr_mult <= 0:
+            raise ConfigError(f"bias_lr_mult must be > 0, got {self.bias_lr_mult}")
         for key in ("epochs", "max_steps", "eval_every", "ckpt_every_steps", "lr_step_epochs",
-                    "loader_threads", "plateau_patience", "plateau_max_cuts", "keep_last"):
+                    "loader_threads", "plateau_patience", "plateau_max_cuts", "keep_last",
+                    "stall_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.epochs == 0 and self.max_steps == 0:
@@ -93,7 +103,8 @@ class Config:
 
 CHOICES = {"device": ("auto", "cpu", "cuda"), "lr_schedule": ("plateau", "step", "cosine"),
            "lighting_form": ("code", "paper"), "mean": ("pixel", "channel", "none"),
-           "precision": ("fp32", "bf16", "fp16")}
+           "precision": ("fp32", "bf16", "fp16"), "init": ("paper", "code2012", "caffe"),
+           "dropout_form": ("inverted", "paper")}
 
 # --help: every key of Config, grouped, with one line of meaning (tests/test_cli.py checks that
 # every field is here).
@@ -113,6 +124,8 @@ HELP = {
         "mp": "model-parallel ranks: 2 puts alexnet's towers on a pair of ranks; world = dp x mp",
         "dropout": "dropout probability of fc6 and fc7",
         "bias_init": "bias of conv2/4/5 and fc6/7 (paper: 1; Caffe used 0.1)",
+        "init": "alexnet weight stds: paper (0.01 everywhere), code2012 (conv3-5 0.03), caffe (fc6/7 0.005)",
+        "dropout_form": "alexnet dropout: inverted (torch: x 1/(1-p) in training) or paper (x (1-p) at test)",
     },
     "optimisation": {
         "batch_size": "global batch size over the data-parallel ranks",
@@ -120,6 +133,7 @@ HELP = {
         "momentum": "SGD momentum",
         "nesterov": "Nesterov momentum",
         "weight_decay": "L2 weight decay on weights (not biases)",
+        "bias_lr_mult": "biases learn at lr x this (cuda-convnet and Caffe: 2)",
         "label_smoothing": "label smoothing of the cross-entropy; 0 = the paper's plain loss",
     },
     "schedule": {
@@ -147,6 +161,7 @@ HELP = {
     },
     "logging": {
         "log_every": "log loss, lr, images/s and ETA every this many steps",
+        "stall_steps": "warn once if the loss is not below 0.98 ln C by this step (0 = never)",
         "eval_every": "evaluate on val every this many epochs; 0 = never",
         "ten_crop_eval": "also evaluate ten-crop (the paper's test protocol) at each evaluation",
     },
@@ -176,7 +191,7 @@ def cli_options() -> list:
 # compared by content (check_resume). ``mp`` (and the world size, which is torchrun's) is a layout:
 # the same global batch gives the same training on any dp x mp (README, Training).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "eval_every", "ckpt_every_steps",
-                     "override_config", "loader_threads", "keep_last", "keep_epochs", "ten_crop_eval",
+                     "override_config", "stall_steps", "loader_threads", "keep_last", "keep_epochs", "ten_crop_eval",
                      "out", "data", "mp"}
 # The checkpoint cannot be loaded into another network: never overridable.
 STRUCTURAL = {"model"}
@@ -262,6 +277,8 @@ def check_resume(saved: dict, cfg: Config, saved_dataset: dict | None = None,
                           f"{saved_dataset['manifest_sha256'][:12]}...); a moved or copied dataset "
                           f"resumes, another one needs another out")
     now = to_dict(cfg)
+    # a checkpoint written before a key existed ran with that key's default
+    saved = {**to_dict(Config(data="-")), **saved}
     structural = sorted(k for k in STRUCTURAL if k in saved and saved[k] != now.get(k))
     if structural:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in structural)

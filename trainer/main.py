@@ -31,9 +31,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import pipeline
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, check_resume, dataset_identity, make_config, save, to_dict
+from trainer.guard import LossGuard
 from trainer.metrics import Metrics, progress, with_progress
-from trainer.models import build_model
-from trainer.optim import build_optimizer
+from trainer.models import model_from_config
+from trainer.optim import build_optimizer, set_lr
 from trainer.parallel import all_reduce_sum, broadcast_buffers, cleanup, init_distributed
 from trainer.schedule import Schedule
 from trainer.step import autocast, grad_scaler, input_dtype, optimize
@@ -87,9 +88,7 @@ def train(cfg, out: Path, d):
                           f"{cfg.batch_size}")
 
     # -- model -----------------------------------------------------------------------------------
-    model = build_model(cfg.model, len(ds.classes), cfg.crop, dropout=cfg.dropout,
-                        bias_init=cfg.bias_init, seed=cfg.seed, mp_group=d.mp_group,
-                        mp_size=d.mp_size, mp_rank=d.mp_rank)
+    model = model_from_config(cfg, len(ds.classes), d.mp_group, d.mp_size, d.mp_rank)
     model = model.to(d.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
     # -- optimizer -------------------------------------------------------------------------------
@@ -112,6 +111,8 @@ def train(cfg, out: Path, d):
         ckpt_dir.mkdir(exist_ok=True)
         save(cfg, out / "config.yaml")
     metrics = Metrics(out, d.is_main, resume_step=step, resume_epoch=epoch)
+    guard = LossGuard(len(ds.classes), cfg.stall_steps, run["guard"])  # stalls and blow-ups, said once
+    run["guard"] = guard  # its state travels with every checkpoint
     log(d, f"{cfg.model}: {sum(p.numel() for p in model.parameters()) * d.mp_size:,} parameters, "
            f"world {d.world} = dp {d.dp_size} x mp {d.mp_size}, {d.device}, {cfg.precision}; "
            f"{len(ds['train'])} train images, {steps_per_epoch} steps/epoch of {cfg.batch_size}")
@@ -140,8 +141,7 @@ def train(cfg, out: Path, d):
         for images, labels in train_loader:
             wait += time.perf_counter() - tick
             lr = schedule.lr(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
             with amp():
                 loss = F.cross_entropy(net(images), labels, label_smoothing=cfg.label_smoothing)
             optimize(loss, optimizer, scaler)
@@ -168,6 +168,10 @@ def train(cfg, out: Path, d):
                 log(d, f"epoch {epoch} " + progress(k, steps_per_epoch, step, total_steps,
                                                     (t - t_log) * cfg.batch_size / log_images) +
                     f": loss {mean_loss:.4f} lr {lr:.5f} {log_images / (t - t_log):.0f} img/s")
+                warning = guard.check(step, mean_loss)  # the same mean on every rank
+                if warning:
+                    metrics.log({**warning, "epoch": epoch})
+                    log(d, f"warning (step {step}): {warning['message']}")
                 loss_sum.zero_()
                 t_log, log_images = t, 0
             if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0:
@@ -221,7 +225,7 @@ def resume(ckpt_dir: Path, out: Path, cfg, d, model, optimizer, scaler, schedule
             check_resume(yaml.safe_load((out / "config.yaml").read_text()), cfg)  # refuse another run's out
         torch.manual_seed(cfg.seed * 1000 + d.rank)  # dropout: its own stream on every rank
         return 0, 0, {"id": ckpt.new_run_id(d), "dataset": dataset, "best": None, "sums": None,
-                      "writer": writer}
+                      "writer": writer, "guard": None}
     changed = check_resume(state["config"], cfg, state.get("dataset"), dataset)
     if not ckpt.restore(state, model, optimizer, scaler, d):
         log(d, f"note: world size changed ({len(state['rng'])} -> {d.world}): dropout RNG differs")
@@ -231,7 +235,7 @@ def resume(ckpt_dir: Path, out: Path, cfg, d, model, optimizer, scaler, schedule
     log(d, f"resumed from {state['resumed_from']} at step {step}, epoch {epoch}" +
         (f" (config changes accepted: {changed})" if changed else ""))
     return step, epoch, {"id": state.get("run_id"), "dataset": dataset, "best": state.get("best"),
-                         "sums": state.get("sums"), "writer": writer}
+                         "sums": state.get("sums"), "writer": writer, "guard": state.get("guard")}
 
 
 def save_checkpoint(ckpt_dir: Path, cfg, d, model, optimizer, scaler, schedule, train_loader,
@@ -245,7 +249,8 @@ def save_checkpoint(ckpt_dir: Path, cfg, d, model, optimizer, scaler, schedule, 
         reduced["epoch"], reduced["log"] = both.tolist()
     state = ckpt.capture(model, optimizer, scaler, d, schedule=schedule.state_dict(),
                          data=train_loader.state_dict(), sums=reduced, best=run["best"], step=step,
-                         config=to_dict(cfg), run_id=run["id"], dataset=run["dataset"])
+                         config=to_dict(cfg), run_id=run["id"], dataset=run["dataset"],
+                         guard=run["guard"].state_dict())
     if run["writer"]:
         ckpt.save_atomic(state, ckpt_dir / "latest.pt")
         if tag:

@@ -19,7 +19,7 @@ class Metrics:
                     row = json.loads(line)
                 except ValueError:
                     continue  # a line cut by a kill
-                if (row["kind"] == "step" and row["step"] <= resume_step) or \
+                if (row["kind"] in ("step", "warning") and row["step"] <= resume_step) or \
                         (row["kind"] == "epoch" and row["epoch"] < resume_epoch):
                     self.rows.append(row)
             self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))

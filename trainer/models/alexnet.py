@@ -21,6 +21,19 @@ split model is the mp_rank-th part (along dim 0, tensor_split) of the same param
 one-module model, and both are initialised by drawing the one-module tensors from one generator and
 slicing, so the same seed gives the same network whatever mp and dp are.
 
+Initialisation (``init``, one std per layer conv1..conv5, fc6, fc7, fc8; biases ``bias_init`` in
+conv2/4/5 and fc6/7, 0 elsewhere) and the dropout form are the recipe's to choose
+(configs/alexnet_paper.yaml says which it uses and why; tools/benchmark.py learn compares them):
+
+    paper     N(0, 0.01) everywhere: the paper's text, section 5
+    code2012  conv3-5 at 0.03, the rest 0.01: Krizhevsky's layer configs (cuda-convnet2
+              layers-imagenet-2gpu-model.cfg)
+    caffe     fc6/fc7 at 0.005, the rest 0.01: Caffe's bvlc_alexnet
+
+    dropout_form inverted  torch's: kept units x 1/(1-p) in training, identity at test
+    dropout_form paper     the paper's (section 4.2): kept units unscaled in training, outputs
+                           x (1-p) at test. The same masks from the same RNG draws.
+
 LRN (paper section 3.3): b = a / (k + alpha * sum over 5 adjacent maps of a^2)^beta, k=2,
 alpha=1e-4, beta=0.75. torch's local_response_norm divides alpha by the window size, so it is
 given 5 * 1e-4.
@@ -56,6 +69,11 @@ PAPER = dict(
            Conv(384, 3, 1, 1, True, False, False, False), Conv(384, 3, 1, 1, False, False, False, True),
            Conv(256, 3, 1, 1, False, False, True, True)],
     fc=[4096, 4096])
+# Weight std per layer: conv1..conv5, fc6, fc7, fc8 (module docstring).
+INITS = {"paper": (0.01,) * 8,
+         "code2012": (0.01, 0.01, 0.03, 0.03, 0.03, 0.01, 0.01, 0.01),
+         "caffe": (0.01,) * 5 + (0.005, 0.005, 0.01)}
+DROPOUT_FORMS = ("inverted", "paper")
 # For 28-64 px inputs (Fashion-MNIST, CIFAR): the same two-tower graph, narrower, stride 1.
 SMALL = dict(
     convs=[Conv(64, 5, 1, 2, True, True, True, False), Conv(128, 5, 1, 2, False, True, True, True),
@@ -75,10 +93,14 @@ def _feature_size(convs, size: int) -> int:
 class AlexNet(nn.Module):
     def __init__(self, spec: dict, num_classes: int, crop: int, dropout: float = 0.5,
                  bias_init: float = 1.0, mp_group=None, mp_size: int = 1, mp_rank: int = 0,
-                 generator: torch.Generator | None = None, weight_std: float = 0.01):
+                 generator: torch.Generator | None = None, init: str = "paper",
+                 dropout_form: str = "inverted"):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if init not in INITS or dropout_form not in DROPOUT_FORMS:
+            raise ValueError(f"init must be one of {sorted(INITS)} and dropout_form one of "
+                             f"{DROPOUT_FORMS}, got {init!r}, {dropout_form!r}")
         convs = list(spec["convs"])
         if spec is PAPER and crop == 227:
             convs[0] = Conv(96, 11, 4, 0, True, True, True, False)  # 227 needs no padding for 55x55
@@ -103,19 +125,22 @@ class AlexNet(nn.Module):
         self.class_sizes = split_sizes(num_classes, mp_size)  # fc8 rows per tower
         self.fcs.append(nn.Linear(widths[-1], self.class_sizes[mp_rank]))
         self.drop = nn.Dropout(dropout)
+        # the paper's form: the inverted dropout's output times (1 - p) is the mask alone in
+        # training and x (1 - p) at test, with the same RNG draws
+        self.drop_scale = 1.0 - dropout if dropout_form == "paper" else 1.0
         self.bias_one = [c.bias_one for c in convs] + [True] * len(spec["fc"]) + [False]
-        self.reset_parameters(generator, bias_init, weight_std)
+        self.reset_parameters(generator, bias_init, INITS[init])
 
     @torch.no_grad()
-    def reset_parameters(self, generator, bias_init: float, weight_std: float) -> None:
-        """Paper init: weights N(0, weight_std), biases bias_init in conv2/4/5, fc6/7, else 0.
+    def reset_parameters(self, generator, bias_init: float, stds) -> None:
+        """Weights N(0, std of the layer), biases bias_init in conv2/4/5, fc6/7, else 0.
         Draws the full (mp=1) tensor and keeps this rank's part: layout-independent."""
         layers = list(self.convs) + list(self.fcs)
         fc8 = layers[-1]
-        for layer, one in zip(layers, self.bias_one):
+        for layer, one, std in zip(layers, self.bias_one, stds, strict=True):
             full = list(layer.weight.shape)
             full[0] = sum(self.class_sizes) if layer is fc8 else full[0] * self.mp
-            w = torch.randn(full, generator=generator) * weight_std
+            w = torch.randn(full, generator=generator) * std
             layer.weight.copy_(w.tensor_split(self.mp, dim=0)[self.rank])
             layer.bias.fill_(bias_init if one else 0.0)
 
@@ -137,5 +162,7 @@ class AlexNet(nn.Module):
             x = fc(gather(x, self.group))                   # input from both towers
             if i < len(self.fcs) - 1:
                 x = self.drop(F.relu(x))                    # fc6, fc7: (N, 2048 per tower)
+                if self.drop_scale != 1.0:
+                    x = x * self.drop_scale
         return gather(x, self.group, replicated=True,       # (N, num_classes) on every rank
                       sizes=self.class_sizes)
