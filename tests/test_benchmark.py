@@ -171,3 +171,35 @@ def test_train_quick(tmp_path):
     assert e2e["model_only_images_per_s"] == alone["images_per_s"]
     assert e2e["saturation"] > 0 and alone["repeats"] == 1 and alone["steps"] >= 2
     assert e2e["config"]["trainer"]["eval_every"] == 0 and e2e["config"]["trainer"]["mp"] == 1
+
+
+def test_learn_quick_resumes_and_reports(dataset, tmp_path):
+    """Two recipes and the config as shipped (the same as paper-text on tiny_cpu.yaml: one run,
+    two rows) for 4 steps, val after 2 and 4; a second call trains nothing and gives the same table;
+    the summary figures follow from the per-step losses by hand."""
+    out = tmp_path / "learn"
+    args = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "learn", f"--data={dataset}",
+            "--config=configs/tiny_cpu.yaml", "--quick", "--candidates=paper-text,caffe,shipped",
+            "--batch_size=8", f"--out={out}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "| candidate |" in proc.stdout
+    first = json.loads((out / "learn.json").read_text())["rows"]
+    logs = {name: (out / "runs" / name / "log.txt").read_text() for name in ("paper-text", "caffe")}
+    assert not (out / "runs" / "shipped").exists()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0 and "training to step" not in again.stdout  # all scored already
+    assert {n: (out / "runs" / n / "log.txt").read_text() for n in logs} == logs
+    rows = {r["candidate"]: r for r in json.loads((out / "learn.json").read_text())["rows"]}
+    assert [r["candidate"] for r in first] == ["paper-text", "caffe", "shipped"]
+    assert rows["shipped"]["loss"] == rows["paper-text"]["loss"] and "same run" in rows["shipped"]["note"]
+    assert rows["caffe"]["loss"] != rows["paper-text"]["loss"]  # the overrides reached the trainer
+    ln4 = 1.3862943611198906  # 4 classes
+    for row in rows.values():
+        loss = row["loss"]
+        assert len(loss) == 4 and row["steps"] == 4 and sorted(map(int, row["val_top1_at"])) == [2, 4]
+        assert row["max_after_1"] == max(loss[1:]) and row["loss_at_1"] == loss[0]
+        below = [k + 1 for k, v in enumerate(loss) if v < 0.8 * ln4]
+        assert row["first_below"] == (below[0] if below else None)
+        assert 0 <= row["val_top1"] <= 1 and row["val_top1"] == row["val_top1_at"]["4"]
+    assert (out / "learn.png").stat().st_size > 1000

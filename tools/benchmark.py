@@ -27,6 +27,10 @@ Each run prints a Markdown table and writes JSON + a PNG chart; record results i
 loader: DALI (GPU, CPU, CPU with lighting) vs FFCV's Loader vs a torch DataLoader (tools/bench/loader.py).
 model, train: train-step images/s on synthetic tensors; end to end and saturation (tools/bench/model.py).
 
+    python tools/benchmark.py learn --data=DATASET [--steps=0] [--batch_size=64] [--eval_every=40] [--quick]
+
+learn: recipes trained side by side on one dataset, per-step loss and val top-1 (tools/bench/learn.py).
+
     python tools/benchmark.py table JSON
 
 table: print again the Markdown tables of a run from its JSON (the tables in BENCHMARKS.md).
@@ -48,6 +52,7 @@ from pipeline.prepare.sources import detect, read_bytes
 from tools import synthetic
 from tools.bench import harness as bench
 from tools.bench import loader as loader_bench
+from tools.bench.learn import learn
 from tools.bench.loader import loader
 from tools.bench.model import MODEL_COLUMNS, TRAIN_COLUMNS, model, train
 from tools.cli import run_cli
@@ -312,5 +317,6 @@ def table(path: str):
 if __name__ == "__main__":
     from tools.bench.model import train_options
 
-    run_cli({"prepare": prepare, "loader": loader, "model": model, "train": train, "table": table},
+    run_cli({"prepare": prepare, "loader": loader, "model": model, "train": train, "learn": learn,
+             "table": table},
             extra={"train": train_options()})

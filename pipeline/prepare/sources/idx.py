@@ -126,6 +126,17 @@ def read_array(src, rel: str, index: int) -> np.ndarray:
     return np.asarray(_array(Path(src) / rel, IMAGES_MAGIC, 3)[index])
 
 
+def read_split(src, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, rows, cols), labels (n,)) of ``split`` ("train" or "val") in SRC, found and
+    checked as the converter finds and checks them: a ``LayoutError`` naming the file otherwise."""
+    src, prefix = Path(src), PREFIX[split]
+    images, _ = _find(src, prefix, "images", "idx3-ubyte")
+    labels, _ = _find(src, prefix, "labels", "idx1-ubyte")
+    if images is None or labels is None:
+        raise LayoutError(f"{src}: no {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]")
+    return _array(src / images, IMAGES_MAGIC, 3), _array(src / labels, LABELS_MAGIC, 1)
+
+
 def detect(src: Path) -> Layout | None:
     files, ignored = {}, []
     for split, prefix in PREFIX.items():
