@@ -7,7 +7,9 @@ SETUP_STAMP := $(VENV)/.setup-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 APT_BENCH := pkg-config libturbojpeg0-dev libopencv-dev
 
-.PHONY: setup setup-bench demo test test-all clean
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup setup-bench data demo test test-all clean
 
 setup: $(SETUP_STAMP)
 
@@ -28,10 +30,18 @@ $(BENCH_STAMP): $(SETUP_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[test,bench]"
 	touch $@
 
+# Real data for the learning tests (tests/test_learning.py): Debian's dataset-fashion-mnist, installed
+# when run as root; without it those tests skip, naming the package.
+data:
+	@if [ ! -f $(FASHION) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	    || echo "data: dataset-fashion-mnist could not be installed; the learning tests will skip"; \
+	  else echo "data: for the learning tests: sudo apt-get install dataset-fashion-mnist"; fi; fi
+
 demo: setup
 	$(PY) tools/demo.py
 
-test: setup
+test: setup data
 	$(PY) -m pytest -q tests
 
 clean:
