@@ -6,6 +6,9 @@
 """
 from __future__ import annotations
 
+import importlib.metadata
+import re
+
 import torch
 
 from .errors import UsageError
@@ -34,3 +37,37 @@ def resolve_device(device="auto", index: int | None = None) -> torch.device:
     if device.type != "cpu":
         raise DeviceError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
     return device
+
+
+def dali_cuda() -> tuple[int, int] | None:
+    """The CUDA version the installed DALI wheel is built for (nvidia-dali-cuda130: (13, 0)),
+    None when it cannot be told."""
+    for dist in importlib.metadata.distributions():
+        m = re.fullmatch(r"nvidia[-_]dali[-_]cuda(\d+)(\d)", (dist.metadata["Name"] or "").lower())
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def driver_cuda() -> tuple[int, int] | None:
+    """The newest CUDA version the NVIDIA driver supports ((13, 0) for R580), None if unknown."""
+    get = getattr(torch._C, "_cuda_getDriverVersion", None)
+    try:
+        v = int(get()) if get else 0
+    except (RuntimeError, TypeError, ValueError):
+        v = 0
+    return (v // 1000, v % 1000 // 10) if v else None
+
+
+def check_driver(needed=None, have=None) -> None:
+    """Raise DeviceError, in one line, when the driver is too old for the DALI wheel: DALI would
+    otherwise fail inside its first GPU operator with a CUDA error. ``needed``/``have`` default to
+    dali_cuda() and driver_cuda(); an unknown one passes."""
+    needed = dali_cuda() if needed is None else needed
+    have = driver_cuda() if have is None else have
+    if needed and have and have < needed:
+        raise DeviceError(
+            f"the installed DALI (nvidia-dali-cuda{needed[0]}{needed[1]}) needs an NVIDIA driver for "
+            f"CUDA {needed[0]}.{needed[1]} or newer (R580+ for CUDA 13.0); this driver supports CUDA "
+            f"{have[0]}.{have[1]}: update the driver or install the DALI wheel built for CUDA "
+            f"{have[0]} (e.g. nvidia-dali-cuda{have[0]}0)")

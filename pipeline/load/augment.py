@@ -30,10 +30,10 @@ def crop_normalize(images, crop: int, crop_x, crop_y, mirror, mean, std, mean_im
     3-vectors."""
     if mean_image is not None:
         images = images - mean_image  # float32, full size (uint8 - float)
-    out = fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=types.FLOAT, crop=(crop, crop),
-                                   crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror,
-                                   output_layout=layout)
-    return out if out_type == types.FLOAT else fn.cast(out, dtype=out_type)
+    # out_type FLOAT or FLOAT16, written by the op itself (computed in float, rounded once)
+    return fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=out_type, crop=(crop, crop),
+                                    crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror,
+                                    output_layout=layout)
 
 
 def ten_crop(images, crop: int, windows, mean, std, mean_image, out_type, layout: str):

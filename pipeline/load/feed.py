@@ -2,7 +2,8 @@
 
     feed.put(key, idx, arrays)  start gathering a batch (worker threads) with its per-batch arrays
     feed.schedule()         hand the oldest gathered batch to DALI (feed_input) and run it
-    feed.get()              (key, outputs) of the oldest running batch; its buffer is free again
+    feed.get(stream)        (key, outputs) of the oldest running batch, bound to ``stream`` (CUDA)
+    feed.done(event, keep)  the consumer has what it needs of those outputs once ``event`` completes
     feed.drain()            finish and drop whatever is in flight (an abandoned epoch)
     feed.close()            drain, stop the threads, destroy the pipeline (idempotent)
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from nvidia.dali.tensors import TensorListCPU
+
 from .gather import Gatherer
 
 
@@ -23,6 +26,7 @@ class Feed:
         self.pipe, self.gatherer = pipe, gatherer
         self.gathering = deque()  # (key, Batch, arrays): gathered or being gathered, not yet fed
         self.running = deque()    # (key, Batch): fed to DALI, outputs not yet taken
+        self.taken = deque()      # Batch: outputs taken, the consumer not yet done with them
         self.closed = False
 
     @property
@@ -44,7 +48,10 @@ class Feed:
         key, batch, arrays = self.gathering.popleft()
         try:
             images = batch.wait()
-            self.pipe.feed_input("images", images, layout="HWC" if self.gatherer.raw else None)
+            if self.gatherer.raw:  # read in place (no_copy); marked page-locked when it is, so
+                # DALI's copy to the GPU is the asynchronous one (a numpy array reads as pageable)
+                images = TensorListCPU(images, "HWC", is_pinned=self.gatherer.pinned)
+            self.pipe.feed_input("images", images)
             for name, value in arrays.items():
                 self.pipe.feed_input(name, value)
             self.pipe.schedule_run()
@@ -56,14 +63,19 @@ class Feed:
             raise
         self.running.append((key, batch))
 
-    def get(self):
-        """Blocks until the oldest running batch is done; CPU outputs are complete and GPU outputs
-        synchronised with the host (sync point with DALI's stream, not the training stream)."""
+    def get(self, stream=None):
+        """Blocks until the oldest running batch is out of DALI. ``stream`` None: the outputs are
+        complete (CPU) or synchronised with the host (GPU); a CUDA stream: they are ready in that
+        stream's order, without a host sync. Then call ``done``."""
         key, batch = self.running.popleft()
-        try:
-            return key, self.pipe.outputs()
-        finally:
-            self.gatherer.release(batch)
+        self.taken.append(batch)
+        outputs = self.pipe.outputs() if stream is None else self.pipe.outputs(cuda_stream=stream)
+        return key, outputs
+
+    def done(self, event=None, keep=None) -> None:
+        """The oldest taken batch: its buffer is free once ``event`` completes (None: now), and
+        ``keep`` (its DALI outputs) is held until then."""
+        self.gatherer.release(self.taken.popleft(), event, keep)
 
     def drain(self) -> None:
         while self.gathering:
@@ -72,8 +84,13 @@ class Feed:
                 batch.wait()
             finally:
                 self.gatherer.release(batch)
+        while self.taken:
+            self.done()  # outputs the consumer dropped (an error between get and done)
         while self.running:
-            self.get()
+            try:
+                self.get()
+            finally:
+                self.done()
 
     def close(self) -> None:
         if self.closed:

@@ -4,11 +4,14 @@ A batch of raw samples is copied once, from the shard mappings (page cache) into
 (B, S, S, 3) uint8 buffer that DALI reads in place (external_source with ``no_copy``). The copy
 runs in ``threads`` worker threads, each taking a contiguous part of the batch in one compiled
 call that holds no GIL; the Python cost per batch is a vectorised shard search and one call per
-thread, whatever the batch size. Buffers are pinned when the graph runs on CUDA, so DALI's
-host-to-device copy is asynchronous.
+thread, whatever the batch size. Buffers are page-locked when the graph runs on CUDA, and the
+feed hands them to DALI marked so (feed.py), so DALI's host-to-device copy of a batch can run
+asynchronously, straight from the ring.
 
-A slot is taken when a batch is gathered and given back only once DALI's outputs of that batch
-are out (then DALI has read it); a batch in flight is never overwritten.
+A slot is taken when a batch is gathered and given back once DALI has read it: at once when its
+outputs were synchronised with the host (the CPU graph), else when the CUDA event recorded after
+the consumer's copy of those outputs has completed (DALI's input copy precedes its outputs, which
+precede that copy on the consumer's stream). A batch in flight is never overwritten.
 
 JPEG payloads differ in length: a batch is then a list of per-sample views of the mappings
 (no copy here; DALI's decoder reads them), the one per-sample Python loop left, small beside
@@ -52,9 +55,10 @@ class Batch:
 class Gatherer:
     def __init__(self, split, batch_size: int, threads: int, slots: int, pinned: bool):
         self.split, self.raw = split, split.encoding == "raw"
-        self.threads = max(1, threads)
+        self.threads, self.pinned = max(1, threads), pinned
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gather")
         self.free = list(range(slots))
+        self.pending = []  # (event, slot, keep): given back once the CUDA event has completed
         self.buffers, self._keep = [], []
         if self.raw:
             s = split.size
@@ -63,7 +67,7 @@ class Gatherer:
                                         for sh in split.shards])
             for _ in range(slots):
                 buf = _host_buffer((batch_size, s, s, 3), pinned)
-                self._keep.append(buf)
+                self._keep.append(buf)  # the torch tensor owns the (page-locked) memory
                 self.buffers.append(buf.numpy())
 
     def submit(self, idx: np.ndarray) -> Batch:
@@ -74,9 +78,7 @@ class Gatherer:
                 self.split.shards[k].offsets[j]:self.split.shards[k].offsets[j + 1]])
                 for k, j in zip(shard.tolist(), row.tolist())]
             return Batch(images, None, [])
-        if not self.free:
-            raise RuntimeError("gather: every buffer is in flight (a slot was not given back)")
-        slot = self.free.pop(0)
+        slot = self._take_slot()
         n = len(idx)
         out = self.buffers[slot][:n]
         flat = out.reshape(n, self.record)
@@ -91,13 +93,33 @@ class Gatherer:
                    for a, b in zip(cuts[:-1], cuts[1:])]
         return Batch(out, slot, futures)
 
-    def release(self, batch: Batch) -> None:
-        """DALI is done with ``batch`` (its outputs are out): its slot may be refilled."""
-        if batch.slot is not None:
+    def release(self, batch: Batch, event=None, keep=None) -> None:
+        """DALI is done with ``batch`` once ``event`` (a torch.cuda.Event, or None: now) has
+        completed: its slot may be refilled then. ``keep`` (DALI's outputs of the batch) is held
+        until the same moment, so DALI cannot reuse their memory while the consumer reads it."""
+        if event is not None:
+            self.pending.append((event, batch.slot, keep))
+        elif batch.slot is not None:
             self.free.append(batch.slot)
-            batch.slot = None
+        batch.slot = None
+
+    def _take_slot(self) -> int:
+        done = [p for p in self.pending if p[0].query()]
+        if not self.free and self.pending and not done:
+            self.pending[0][0].synchronize()  # the host is a ring ahead of the device: wait for it
+            done = [self.pending[0]]
+        for p in done:
+            self.pending.remove(p)
+            if p[1] is not None:
+                self.free.append(p[1])
+        if not self.free:
+            raise RuntimeError("gather: every buffer is in flight (a slot was not given back)")
+        return self.free.pop(0)
 
     def close(self) -> None:
+        for event, _, _ in self.pending:
+            event.synchronize()  # nothing DALI or the consumer may still read is freed under them
+        self.pending.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 

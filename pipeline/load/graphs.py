@@ -10,7 +10,8 @@ per batch, never a per-sample tuple):
     shift     float32 (B, 3): per-channel mean minus the PCA lighting shift, pixel units
 
 ``device`` is "cpu" or "gpu": the same graph either way, the inputs moved to the GPU first.
-Outputs: images (B, 3, crop, crop) float (CHW layout; HWC for channels_last) and labels int32,
+Outputs: images (B, 3, crop, crop) float (CHW layout; HWC for channels_last; ten-crop
+(B, 10, ...) of either) and labels int32,
 both on ``device``. One pipeline serves a loader for its whole life.
 """
 from __future__ import annotations
@@ -61,10 +62,10 @@ def val_pipeline(*, device, encoding, crop, window, mean, std, mean_image, out_t
 
 
 @pipeline_def
-def ten_crop_pipeline(*, device, encoding, crop, windows, mean, std, mean_image, out_type):
+def ten_crop_pipeline(*, device, encoding, crop, windows, mean, std, mean_image, out_type, layout):
     images, labels = _images(device, encoding), _labels(device)
     out = augment.ten_crop(images, crop, windows, mean, std, _mean_image(mean_image, device),
-                           out_type, "CHW")
+                           out_type, layout)
     return out, labels
 
 

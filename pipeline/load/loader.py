@@ -23,6 +23,7 @@ model-parallel pair must get identical batches, so never LOCAL_RANK.
 """
 from __future__ import annotations
 
+import os
 import weakref
 from contextlib import nullcontext
 
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import nvidia.dali.types as types
 
-from ..device import DeviceError, resolve_device
+from ..device import DeviceError, check_driver, resolve_device
 from ..errors import UsageError
 from . import graphs
 from .dataset import open_dataset
@@ -70,12 +71,14 @@ class Loader:
         self.seed, self.augment = seed, augment
         try:
             self.device = resolve_device(device)
+            if self.device.type == "cuda":
+                check_driver()  # before any DALI GPU operator is built
         except DeviceError as e:
             raise LoaderError(str(e)) from None
         drop_last = self.train if drop_last is None else drop_last
         self.sampler = Sampler(n, batch_size, dp_rank, dp_size, seed, shuffle=self.train,
                                drop_last=drop_last)
-        self.num_threads = num_threads or max(1, min(4, torch.get_num_threads()))
+        self.num_threads = num_threads or default_threads()[0]
         self.prefetch = prefetch  # batches scheduled ahead in DALI; prefetch + 1 buffers in the ring
         self.epoch, self.step = 0, 0
         self._plans = {}  # epoch -> (order, Decisions)
@@ -154,13 +157,15 @@ class Loader:
             try:
                 for step in range(start, dali_steps):
                     cursor = self._fill(feed, cursor)
-                    key, outputs = feed.get()  # the oldest batch's buffer is free again
+                    key, outputs = feed.get(self._stream())
                     if key != (epoch, step):
                         raise RuntimeError(f"loader: DALI returned batch {key}, expected {(epoch, step)}")
+                    images, labels, event = self._to_torch(outputs)
+                    feed.done(event, outputs)  # the batch's buffer is free once DALI has read it
                     # Gathered and run while this batch is used; at the epoch's end this goes on
                     # with the next epoch's first batches, so its start waits for none.
                     cursor = self._fill(feed, cursor)
-                    batch = self._to_torch(outputs)
+                    batch = self._finish(images, labels)
                     self._advance(epoch, step, steps)
                     yield batch
                 completed = True
@@ -210,11 +215,20 @@ class Loader:
     def _base_mean(self) -> np.ndarray:
         return self.stats["channel_mean"] if self.mean == "channel" else np.zeros(3)
 
+    def prepare(self) -> "Loader":
+        """Build the DALI graph and start the gather threads now (else at the first batch): a
+        trainer builds every loader before its first step, before training grows its memory."""
+        self._get_feed()
+        return self
+
     def _get_feed(self) -> Feed:
         if self._feed is None or self._feed.closed:
             pipe = self._pipeline()
+            cuda = self.device.type == "cuda"
+            # prefetch batches in DALI, one gathering, and on CUDA one more: the batch whose
+            # copy torch's stream has not yet made (its slot comes back when its event completes)
             gatherer = Gatherer(self.data, self.sampler.batch_size, self.num_threads,
-                                slots=self.prefetch + 1, pinned=self.device.type == "cuda")
+                                slots=self.prefetch + 1 + cuda, pinned=cuda)
             self._feed = Feed(pipe, gatherer)
             # The finalizer holds the feed, never the loader: runs at collection or at exit.
             self._finalizer = weakref.finalize(self, self._feed.close)
@@ -229,7 +243,8 @@ class Loader:
         if not self.augment:
             pipe = self._feed_graph(**kw)
         else:
-            out_type = types.FLOAT16 if (self.dtype == torch.float16 and dev == "gpu") else types.FLOAT
+            # fp16 straight from DALI's last op; bf16 (DALI has none) is cast by torch
+            out_type = types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
             std = (self.stats["channel_std"] if self.mean == "channel" else np.ones(3)).astype(np.float32).tolist()
             mean_image = self.stats["mean_image"] if self.mean == "pixel" else None
             common = dict(kw, encoding=self.data.encoding, crop=crop, std=std, mean_image=mean_image,
@@ -239,7 +254,8 @@ class Loader:
             if self.ten_crop:
                 windows = [(x / room if room else 0.0, y / room if room else 0.0, int(m))
                            for x, y, m in ten_crop_windows(size, crop)]
-                pipe = graphs.ten_crop_pipeline(windows=windows, mean=mean, **common)
+                pipe = graphs.ten_crop_pipeline(windows=windows, mean=mean,
+                                                layout="HWC" if self.channels_last else "CHW", **common)
             else:
                 layout = "HWC" if self.channels_last else "CHW"
                 if self.train:
@@ -250,26 +266,49 @@ class Loader:
         pipe.build()
         return pipe
 
+    def _stream(self):
+        """The stream DALI's outputs are bound to: torch's current one on CUDA (no host sync),
+        None on the CPU (outputs complete when they are returned)."""
+        return torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+
     def _to_torch(self, outputs):
+        """(images, labels, event): DALI's outputs as torch tensors. On the CPU they are DALI's
+        own memory (DLPack, no copy; each output has its own memory under the dynamic executor,
+        kept alive by the tensor), and event is None. On CUDA, torch's stream waits for DALI's
+        outputs (an event, not a host sync), then one kernel copies the images into torch's own
+        memory, cast to the run's dtype on the way (bf16 and fp16 pay nothing extra); ``event``
+        marks when that copy and the labels' int64 cast have read DALI's memory: until then the
+        loader keeps DALI's outputs (and the input ring slot) alive, so DALI can reuse neither
+        while torch's queued kernels still read them."""
         images, labels = (o.as_tensor() for o in outputs)
-        # DALI's dynamic executor gives each output its own memory: hand it to torch without a
-        # copy (DLPack), as DALI's DALIGenericIterator does; the torch tensor keeps it alive.
-        with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
+        cuda = self.device.type == "cuda"
+        with torch.cuda.device(self.device) if cuda else nullcontext():
             out, labels = torch.from_dlpack(images), torch.from_dlpack(labels)
         labels = labels.to(torch.int64)  # on the device: a cast kernel, no host sync
-        if not self.augment:
-            return out, labels
-        if self.channels_last and not self.ten_crop:
-            out = out.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last for free
-        if out.dtype != self.dtype:
-            out = out.to(self.dtype)  # on the device: bf16 (DALI has none), fp16 on the CPU
+        if self.augment and self.channels_last:
+            # NHWC memory viewed as NCHW: channels_last for free (ten-crop: (N, 10, H, W, C) as
+            # (N, 10, C, H, W), whose flatten(0, 1) is a channels_last batch, also for free)
+            out = out.permute(0, 1, 4, 2, 3) if self.ten_crop else out.permute(0, 3, 1, 2)
+        if not cuda:
+            return out, labels, None
+        # .to keeps the strides (channels_last stays channels_last); copy=True even without a cast
+        out = out.to(self.dtype if self.augment else out.dtype, copy=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return out, labels, event
+
+    def _finish(self, out, labels):
+        if self.augment and out.dtype != self.dtype:
+            out = out.to(self.dtype)  # the CPU: bf16 / fp16 (DALI emits no bf16), after the next
+            # batch was handed to DALI so that it works meanwhile
         return out, labels
 
     def _empty(self):
-        shape = (0, 10, 3, self.crop, self.crop) if self.ten_crop else (0, 3, self.crop, self.crop)
+        shape = (0, 10, self.crop, self.crop, 3) if self.ten_crop else (0, self.crop, self.crop, 3)
         images = torch.empty(shape, dtype=self.dtype, device=self.device)
-        if self.channels_last and not self.ten_crop:
-            images = images.contiguous(memory_format=torch.channels_last)
+        if self.channels_last:
+            return images.movedim(-1, -3), torch.empty(0, dtype=torch.int64, device=self.device)
+        images = torch.empty(shape[:-3] + (3, self.crop, self.crop), dtype=self.dtype, device=self.device)
         return images, torch.empty(0, dtype=torch.int64, device=self.device)
 
 
@@ -298,6 +337,21 @@ def _check(*, batch_size, crop, size, dp_rank, dp_size, n, mean, dtype, lighting
         fail(f"lighting_form must be 'code' or 'paper', got {lighting_form!r}")
     if not isinstance(prefetch, int) or prefetch < 1:
         fail(f"prefetch (batches scheduled ahead) must be a positive integer, got {prefetch!r}")
+
+
+MAX_THREADS = 8  # per process by default: a large host does not get a DALI thread per core per rank
+
+
+def default_threads() -> tuple[int, str]:
+    """(threads, why): the loader's threads per process when none are asked for: the CPUs this
+    process may run on (its affinity, which containers and ``taskset`` narrow) shared among the
+    node's local ranks (torchrun's LOCAL_WORLD_SIZE), at most MAX_THREADS. Not torch's thread
+    count: torchrun sets OMP_NUM_THREADS=1 with more than one process per node, which would leave
+    the loader one thread and put the batch gather on the training thread."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    n = max(1, min(MAX_THREADS, cpus // local))
+    return n, f"{cpus} CPUs in this process's affinity / {local} local rank{'s' * (local > 1)}, at most {MAX_THREADS}"
 
 
 def build_loader(path, split, **kwargs) -> Loader:
