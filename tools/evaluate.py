@@ -35,13 +35,13 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
 
     import torch
 
-    from pipeline import build_loader, open_dataset
+    from pipeline import open_dataset
     from pipeline.errors import UsageError
     from trainer.config import make_config
-    from trainer.main import evaluate
+    from trainer.evaluation import evaluate, val_loaders
     from trainer.models import model_from_config
     from trainer.parallel import cleanup, init_distributed
-    from trainer.step import autocast, input_dtype
+    from trainer.step import autocast
 
     if batch_size < 1:
         raise UsageError(f"--batch_size must be >= 1, got {batch_size}")
@@ -73,18 +73,13 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
         model = model.to(d.device, memory_format=torch.channels_last if cfg.channels_last
                          else torch.preserve_format)
         amp = partial(autocast, d.device.type, cfg.precision)
-        common = dict(crop=cfg.crop, device=d.device.type, dp_rank=d.dp_rank, dp_size=d.dp_size,
-                      seed=cfg.seed, mean=cfg.mean, channels_last=cfg.channels_last,
-                      dtype=input_dtype(cfg.precision))  # the inputs the trainer's evaluation saw
         results = {"checkpoint": str(checkpoint), "step": state.get("step"), "data": str(ds.root),
                    "split": split, "images": len(ds[split])}
-        if one_crop:
-            loader = build_loader(cfg.data, split, batch_size=batch_size, **common)
-            results["one_crop"] = evaluate(model, loader, d, amp, False, len(ds[split]))
-        if ten_crop:
-            loader = build_loader(cfg.data, split, batch_size=max(1, batch_size // 10), ten_crop=True,
-                                  **common)
-            results["ten_crop"] = evaluate(model, loader, d, amp, True, len(ds[split]))
+        # the inputs the trainer's evaluation saw: the same loaders from the same config
+        loaders = val_loaders(cfg, d, split, batch_size, one_crop=one_crop, ten_crop=ten_crop)
+        for kind, key in (("one_crop", "one"), ("ten_crop", "ten")):
+            if key in loaders:
+                results[kind] = evaluate(model, loaders[key], d, amp, key == "ten", len(ds[split]))
         if d.is_main:
             for kind in ("one_crop", "ten_crop"):
                 if kind in results:
@@ -98,4 +93,6 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    from trainer.evaluation import EvaluationError
+
+    run_cli(main, known=(EvaluationError,))

@@ -29,15 +29,19 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import pipeline
+from pipeline.load.loader import default_threads
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, check_resume, dataset_identity, make_config, save, to_dict
 from trainer.guard import LossGuard
-from trainer.metrics import Metrics, progress, with_progress
+from trainer import evaluation
+from trainer.metrics import Metrics, progress
 from trainer.models import model_from_config
 from trainer.optim import build_optimizer, set_lr
 from trainer.parallel import all_reduce_sum, broadcast_buffers, cleanup, init_distributed
 from trainer.schedule import Schedule
-from trainer.step import autocast, grad_scaler, input_dtype, optimize
+from trainer.evaluation import loader_args
+from trainer.step import autocast, grad_scaler, optimize
+from trainer.timing import DataWait
 
 
 class TrainingError(RuntimeError):
@@ -69,19 +73,16 @@ def train(cfg, out: Path, d):
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
                           f"{d.dp_size} data-parallel ranks")
     local_batch = cfg.batch_size // d.dp_size
-    # batches arrive in the run's precision (cast on the device by the loader's last op)
-    common = dict(crop=cfg.crop, device=d.device.type, dp_rank=d.dp_rank, dp_size=d.dp_size,
-                  seed=cfg.seed, mean=cfg.mean, channels_last=cfg.channels_last,
-                  dtype=input_dtype(cfg.precision), num_threads=cfg.loader_threads or None)
+    common = loader_args(cfg, d)
+    why = "loader_threads" if cfg.loader_threads else default_threads()[1]
     train_loader = pipeline.build_loader(cfg.data, "train", batch_size=local_batch, flip=cfg.flip,
                                          lighting=cfg.lighting, lighting_form=cfg.lighting_form,
                                          **common)
+    train_loader.prepare()  # every DALI graph built before step 1, the val ones too
     val_loaders = {}  # empty: no evaluation
     if "val" in ds and cfg.eval_every > 0:
-        val_loaders["one"] = pipeline.build_loader(cfg.data, "val", batch_size=local_batch, **common)
-        if cfg.ten_crop_eval:
-            val_loaders["ten"] = pipeline.build_loader(cfg.data, "val", batch_size=max(1, local_batch // 10),
-                                                       ten_crop=True, **common)
+        val_loaders = evaluation.val_loaders(cfg, d, "val", local_batch, one_crop=True,
+                                             ten_crop=cfg.ten_crop_eval)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ConfigError(f"{cfg.data}: {len(ds['train'])} train samples make no global batch of "
@@ -115,7 +116,8 @@ def train(cfg, out: Path, d):
     run["guard"] = guard  # its state travels with every checkpoint
     log(d, f"{cfg.model}: {sum(p.numel() for p in model.parameters()) * d.mp_size:,} parameters, "
            f"world {d.world} = dp {d.dp_size} x mp {d.mp_size}, {d.device}, {cfg.precision}; "
-           f"{len(ds['train'])} train images, {steps_per_epoch} steps/epoch of {cfg.batch_size}")
+           f"{len(ds['train'])} train images, {steps_per_epoch} steps/epoch of {cfg.batch_size}; "
+           f"loader: {common['num_threads']} threads per rank ({why})")
 
     # -- loop ------------------------------------------------------------------------------------
     # first_bad: the first step whose loss was non-finite, -1 if none; kept on the device so the
@@ -129,17 +131,16 @@ def train(cfg, out: Path, d):
     model.train()
     while not finished(cfg, step, epoch):
         train_loader.set_epoch(epoch)
-        wait = 0.0  # seconds blocked on the loader this epoch
+        wait = DataWait(d.device)  # the loader's share of this epoch (device idle time on CUDA)
         loss_sum = torch.zeros(2, dtype=torch.float64, device=d.device)  # loss x n, n since the last log
         epoch_sum = torch.zeros(2, dtype=torch.float64, device=d.device)
         if carry is not None and d.dp_rank == 0:  # counted once: the dp reductions add the rest
             epoch_sum += torch.tensor(carry["epoch"], dtype=torch.float64, device=d.device)
             loss_sum += torch.tensor(carry["log"], dtype=torch.float64, device=d.device)
         carry = None
-        t_epoch = t_log = tick = time.perf_counter()
+        t_epoch = t_log = time.perf_counter()
         n_images = log_images = 0
-        for images, labels in train_loader:
-            wait += time.perf_counter() - tick
+        for images, labels in wait.timed(train_loader):
             lr = schedule.lr(step)
             set_lr(optimizer, lr)
             with amp():
@@ -148,8 +149,9 @@ def train(cfg, out: Path, d):
             step += 1
             loss = loss.detach()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-            # (loss x n, n) sums on the device; n is a host int (a shape), so no host-device
-            # transfer or sync happens in the step: the log window syncs once, in .item()
+            # (loss x n, n) sums on the device; n is a host int (a shape), so this bookkeeping adds
+            # no host-device sync: the log window syncs once, in .item(). The step itself syncs
+            # once in fp16 (GradScaler.step reads the inf check); fp32 and bf16 do not (README, GPU)
             batch_loss = loss.double() * len(labels)
             for sums in (loss_sum, epoch_sum):
                 sums[0] += batch_loss
@@ -163,7 +165,7 @@ def train(cfg, out: Path, d):
                 t = time.perf_counter()
                 metrics.log({"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
                              "img_per_s": log_images / (t - t_log),
-                             "data_wait_frac": wait / max(t - t_epoch, 1e-9)})
+                             "data_wait_frac": wait.seconds() / max(t - t_epoch, 1e-9)})
                 k = (train_loader.state_dict()["step"] - 1) % steps_per_epoch + 1  # 0 after the last batch
                 log(d, f"epoch {epoch} " + progress(k, steps_per_epoch, step, total_steps,
                                                     (t - t_log) * cfg.batch_size / log_images) +
@@ -177,14 +179,13 @@ def train(cfg, out: Path, d):
             if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0:
                 checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
                 checkpoint(step, sums=(epoch_sum, loss_sum))
-            tick = time.perf_counter()
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
         if train_loader.state_dict()["epoch"] == epoch:  # stopped mid-epoch by max_steps
             checkpoint(step, sums=(epoch_sum, loss_sum))
             break
-        top1 = end_epoch(epoch, epoch_sum, n_images, wait, time.perf_counter() - t_epoch, model,
+        top1 = end_epoch(epoch, epoch_sum, n_images, wait.seconds(), time.perf_counter() - t_epoch, model,
                          val_loaders, len(ds["val"]) if val_loaders else 0, schedule, metrics, amp, cfg, d)
         if top1 is not None and (run["best"] is None or top1 > run["best"]["top1"]):
             run["best"] = {"epoch": epoch, "top1": top1}  # retention keeps its checkpoint
@@ -290,10 +291,10 @@ def end_epoch(epoch: int, epoch_sum: torch.Tensor, n_images: int, wait: float, e
            "img_per_s": n_images / elapsed, "data_wait_frac": wait / elapsed}
     if val_loaders and (epoch + 1) % cfg.eval_every == 0:
         broadcast_buffers(model, d)
-        one = evaluate(model, val_loaders["one"], d, amp, False, n_val)
+        one = evaluation.evaluate(model, val_loaders["one"], d, amp, False, n_val)
         row.update(val_loss=one["loss"], val_top1=one["top1"], val_top5=one["top5"])
         if "ten" in val_loaders:
-            row["val_top1_10crop"] = evaluate(model, val_loaders["ten"], d, amp, True, n_val)["top1"]
+            row["val_top1_10crop"] = evaluation.evaluate(model, val_loaders["ten"], d, amp, True, n_val)["top1"]
         if schedule.observe(one["top1"]):
             log(d, f"val top-1 plateaued: lr cut {schedule.cuts} of {cfg.plateau_max_cuts}")
     metrics.log(row)
@@ -308,40 +309,8 @@ def end_epoch(epoch: int, epoch_sum: torch.Tensor, n_images: int, wait: float, e
     return row["val_top1"]
 
 
-def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:
-    """Top-1/top-5 and loss over the whole split: sums and counts reduced over dp, never means.
-    Ten-crop averages the softmax over the 10 patches (paper section 4.1)."""
-    loader = with_progress(loader, d.is_main, "eval ten-crop" if ten_crop else "eval one-crop")
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=d.device)  # loss, top1, top5, count
-    count = 0  # on the host: a batch's size is its shape, no device read
-    with torch.no_grad(), amp():
-        for images, labels in loader:
-            if len(labels) == 0:
-                continue
-            if ten_crop:
-                n = len(labels)
-                probs = F.softmax(model(images.flatten(0, 1)).float(), dim=1).view(n, 10, -1).mean(1)
-                loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
-                scores = probs
-            else:
-                scores = model(images).float()
-                loss = F.cross_entropy(scores, labels, reduction="sum")
-            top = scores.topk(min(5, scores.shape[1]), dim=1).indices
-            hit = top == labels[:, None]
-            sums[:3] += torch.stack([loss.double(), hit[:, 0].sum().double(), hit.any(1).sum().double()])
-            count += len(labels)
-    sums[3] = count  # a fill on the device, not a copy from the host
-    all_reduce_sum(sums, d.dp_group)
-    model.train()
-    loss, top1, top5, count = sums.tolist()
-    if int(count) != n_expected:
-        raise TrainingError(f"evaluation counted {int(count)} val samples, the split has {n_expected}")
-    return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count}
-
-
 if __name__ == "__main__":
     from tools.cli import run_cli
     from trainer.config import cli_options
 
-    run_cli(main, known=(TrainingError,), extra={"": cli_options()})
+    run_cli(main, known=(TrainingError, evaluation.EvaluationError), extra={"": cli_options()})

@@ -43,13 +43,23 @@ def init_distributed(mp: int, device: str = "auto") -> Dist:
         raise UsageError(f"mp must be 1 or 2, got {mp}")
     if world % mp:
         raise UsageError(f"world size {world} is not divisible by mp={mp}")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    on_gpus = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if on_gpus and local_world % mp:
+        # A pair is two consecutive ranks: with an odd count per node one pair would span two
+        # nodes, its towers' activations crossing the network every layer instead of NVLink. (On
+        # the CPU, gloo, where the tests run two one-process "nodes" on one machine, it is allowed.)
+        raise UsageError(f"mp={mp} puts each pair of towers on one node's GPUs: --nproc_per_node must "
+                         f"be a multiple of {mp}, got {local_world}")
     dev = resolve_device(device, index=local_rank)  # DeviceError (a ValueError) names the fix
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     d = Dist(rank, local_rank, world, rank // mp, world // mp, rank % mp, mp, dev)
     if world > 1:
+        # device_id binds NCCL's communicators to this rank's GPU at once (no guessing later)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(minutes=10))
+                                timeout=datetime.timedelta(minutes=10),
+                                device_id=dev if dev.type == "cuda" else None)
         # Every rank must create every group, in the same order.
         for k in range(world // mp):
             ranks = list(range(k * mp, (k + 1) * mp))
@@ -78,12 +88,14 @@ def split_sizes(n: int, parts: int) -> list[int]:
 def all_gather_uneven(x: torch.Tensor, group, sizes: list[int], dim: int) -> torch.Tensor:
     """Concatenate every rank's ``x`` along ``dim``, rank r contributing ``sizes[r]`` rows: gloo and
     NCCL gather equal shapes only, so each part is padded to the largest and cut after."""
-    widest = max(sizes)
+    widest, fmt = max(sizes), memory_format(x)  # channels_last stays channels_last: a plain
+    # .contiguous() would turn an NHWC activation into NCHW here, and the next conv back
     pad = list(x.shape)
     pad[dim] = widest - x.shape[dim]
     padded = torch.cat([x, x.new_zeros(pad)], dim=dim) if pad[dim] else x
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded.contiguous(), group=group)
+    padded = padded.contiguous(memory_format=fmt)
+    parts = [torch.empty_like(padded) for _ in sizes]  # the same memory format
+    dist.all_gather(parts, padded, group=group)
     return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes)], dim=dim)
 
 
@@ -103,11 +115,19 @@ class _Gather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
+        fmt = memory_format(grad)
+        grad = grad.contiguous(memory_format=fmt)
         if not ctx.replicated:
             dist.all_reduce(grad, group=ctx.group)
         start = sum(ctx.sizes[:ctx.rank])
-        return grad.narrow(1, start, ctx.sizes[ctx.rank]).contiguous(), None, None, None
+        return grad.narrow(1, start, ctx.sizes[ctx.rank]).contiguous(memory_format=fmt), None, None, None
+
+
+def memory_format(x: torch.Tensor):
+    """channels_last when ``x`` (4-D) is laid out NHWC, also a channel slice of such a tensor;
+    else contiguous_format. (With one channel both are the same memory.)"""
+    nhwc = x.dim() == 4 and x.stride(1) == 1 and x.stride(3) != 1
+    return torch.channels_last if nhwc else torch.contiguous_format
 
 
 def gather(x: torch.Tensor, group, replicated: bool = False, sizes: list[int] | None = None) -> torch.Tensor:

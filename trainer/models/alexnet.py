@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..parallel import gather, split_sizes
+from ..parallel import gather, memory_format, split_sizes
 
 TOWERS = 2
 LRN = dict(size=5, alpha=5 * 1e-4, beta=0.75, k=2.0)
@@ -146,7 +146,10 @@ class AlexNet(nn.Module):
 
     def _lrn(self, x):
         towers = x.chunk(TOWERS // self.mp, dim=1)  # normalise within a tower only
-        return torch.cat([F.local_response_norm(t, **LRN) for t in towers], dim=1)
+        out = torch.cat([F.local_response_norm(t, **LRN) for t in towers], dim=1)
+        # torch's LRN returns NCHW whatever its input: give the next conv the layout it was given
+        # (one copy here, where the conv would otherwise convert or take a slower NCHW kernel)
+        return out.contiguous(memory_format=memory_format(x))
 
     def forward(self, x):                                   # (N, 3, 224, 224)
         for i, (spec, conv) in enumerate(zip(self.specs, self.convs)):
