@@ -71,11 +71,16 @@ def test_val_centre_crop_no_flip_no_lighting(dataset):
     assert seen == list(range(len(ds["val"])))  # val is not shuffled, not dropped
 
 
-def test_ten_crop(dataset):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ten_crop(dataset, channels_last):
     ds = pipeline.open_dataset(dataset)
-    loader = pipeline.build_loader(dataset, "val", batch_size=4, crop=20, device="cpu", ten_crop=True)
+    loader = pipeline.build_loader(dataset, "val", batch_size=4, crop=20, device="cpu", ten_crop=True,
+                                   channels_last=channels_last)
     x, y = next(iter(loader))
     assert x.shape == (4, 10, 3, 20, 20)
+    # what the evaluation feeds the model: channels_last when the run is, without a copy
+    assert x.flatten(0, 1).is_contiguous(memory_format=torch.channels_last if channels_last
+                                         else torch.contiguous_format)
     corners = [(0, 0), (12, 0), (0, 12), (12, 12), (6, 6)]
     for k in range(4):
         for c, (cx, cy) in enumerate(corners):
@@ -401,6 +406,47 @@ def test_one_device_rule_for_loader_trainer_and_benchmarks():
                      lambda: init_distributed(1, "cuda")):
             with pytest.raises(DeviceError, match="CUDA is not available"):
                 call()
+
+
+def test_default_threads_share_this_process_cpus_among_the_local_ranks(monkeypatch, dataset):
+    """Not torch's thread count: torchrun sets OMP_NUM_THREADS=1 for several ranks per node."""
+    from pipeline.load import loader as loader_mod
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # what torchrun leaves
+    monkeypatch.setattr(loader_mod.os, "sched_getaffinity", lambda pid: set(range(16)))
+    for local, expected in ((None, 8), ("1", 8), ("2", 8), ("4", 4), ("8", 2), ("16", 1), ("32", 1)):
+        if local is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        n, why = loader_mod.default_threads()
+        assert n == expected, (local, n)
+        assert "16 CPUs" in why
+    monkeypatch.setattr(loader_mod.os, "sched_getaffinity", lambda pid: {3, 5, 7})  # taskset / cgroup
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert loader_mod.default_threads()[0] == 3
+    assert pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cpu").num_threads == 3
+
+
+def test_a_driver_too_old_for_the_dali_wheel_is_one_line_before_any_work():
+    from pipeline.device import DeviceError, check_driver, dali_cuda
+    assert dali_cuda() == (13, 0)  # setup.py pins nvidia-dali-cuda130
+    check_driver(needed=(13, 0), have=(13, 0))
+    check_driver(needed=(13, 0), have=(13, 2))
+    check_driver(needed=(13, 0), have=None)  # unknown (no CUDA build of torch): nothing to say
+    with pytest.raises(DeviceError) as e:
+        check_driver(needed=(13, 0), have=(12, 8))
+    msg = str(e.value)
+    assert "\n" not in msg and "nvidia-dali-cuda130" in msg and "CUDA 12.8" in msg and "R580" in msg
+
+
+def test_mp_pairs_on_gpus_refuse_an_odd_number_of_processes_per_node(monkeypatch):
+    from pipeline.errors import UsageError
+    from trainer.parallel import init_distributed
+    monkeypatch.setenv("WORLD_SIZE", "6")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # 2 nodes x 3: the pair (2, 3) spans two nodes
+    with pytest.raises(UsageError, match="--nproc_per_node must be a multiple of 2, got 3"):
+        init_distributed(2, "cuda")  # raised first: before the device and any process group
 
 
 def test_batches_arrive_ready_for_the_step(dataset):
