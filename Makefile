@@ -9,7 +9,7 @@ APT_BENCH := pkg-config libturbojpeg0-dev libopencv-dev
 
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup setup-bench data demo test test-all clean
+.PHONY: setup setup-bench data demo test test-all gpu-check clean
 
 setup: $(SETUP_STAMP)
 
@@ -43,6 +43,11 @@ demo: setup
 
 test: setup data
 	$(PY) -m pytest -q tests
+
+# The GPU acceptance run (tools/gpu_check.py): one JSON and one log under bench_out/gpu_check;
+# without CUDA it collects the GPU tests, says so in one line and exits 0.
+gpu-check: setup
+	$(PY) tools/gpu_check.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -31,6 +31,10 @@ model, train: train-step images/s on synthetic tensors; end to end and saturatio
 
 learn: recipes trained side by side on one dataset, per-step loss and val top-1 (tools/bench/learn.py).
 
+    python tools/benchmark.py syncs --data=DATASET [--precision=fp32,bf16,fp16] [--steps=8]
+
+syncs: host-device syncs per training step, by phase, for each precision (CUDA only; tools/bench/syncs.py).
+
     python tools/benchmark.py table JSON
 
 table: print again the Markdown tables of a run from its JSON (the tables in BENCHMARKS.md).
@@ -55,6 +59,7 @@ from tools.bench import loader as loader_bench
 from tools.bench.learn import learn
 from tools.bench.loader import loader
 from tools.bench.model import MODEL_COLUMNS, TRAIN_COLUMNS, model, train
+from tools.bench.syncs import syncs
 from tools.cli import run_cli
 from tools.export_ffcv import require_ffcv
 from tools.fidelity import decode_full, psnr, reference
@@ -318,5 +323,5 @@ if __name__ == "__main__":
     from tools.bench.model import train_options
 
     run_cli({"prepare": prepare, "loader": loader, "model": model, "train": train, "learn": learn,
-             "table": table},
+             "syncs": syncs, "table": table},
             extra={"train": train_options()})

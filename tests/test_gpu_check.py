@@ -1,0 +1,36 @@
+"""The GPU acceptance command (tools/gpu_check.py) on a machine without CUDA: one line, exit 0,
+every GPU test collected; --dry_run runs its CPU steps end to end (the script's own check)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import ROOT
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA path")
+
+
+def test_without_cuda_it_collects_the_gpu_tests_and_says_so_in_one_line():
+    res = subprocess.run([sys.executable, "tools/gpu_check.py"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    [line] = res.stdout.strip().splitlines()
+    assert line.startswith("gpu-check: no CUDA on this machine: collected ") and "ran none" in line
+    assert int(line.split("collected ")[1].split()[0]) >= 15  # tests/test_gpu.py, every one
+
+
+@pytest.mark.timeout(900)
+def test_dry_run_runs_every_cpu_step_and_writes_one_json_and_one_log(tmp_path):
+    out = tmp_path / "gc"
+    res = subprocess.run([sys.executable, "tools/gpu_check.py", "--dry_run", "--images=32", f"--out={out}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    steps = report["steps"]
+    assert {k for k, v in steps.items() if v["status"] == "ok"} == \
+        {"data", "loader-raw", "loader-jpeg", "model", "model-compile", "train"}
+    assert {k for k, v in steps.items() if v["status"] == "skipped"} == {"syncs", "h2d"}
+    assert all(steps[k]["result"] for k in ("loader-raw", "model", "train"))
+    assert (out / "gpu_check.log").stat().st_size > 0
