@@ -34,7 +34,6 @@ STATS = "stats.npz"
 # the arrays of stats.npz (pixel units 0..255; README "Looking at a dataset")
 STATS_KEYS = ("count", "mean_image", "channel_mean", "channel_std", "cov", "eigval", "eigvec")
 SKIPPED = "skipped.json"
-SPLITS = ("train", "val")
 PAGE = 4096  # payload alignment: memory-mapped records start on a page
 
 ENCODINGS = {"raw": 0, "jpeg": 1}

@@ -1,4 +1,4 @@
-"""The command-line edge (tools/cli.py) of every command: the whole command line is checked before
+"""The command-line edge (pipeline/cli.py) of every command: the whole command line is checked before
 any work, unknown flags are named with the closest valid one (exit 2), paths stay paths, --help
 lists every option, and only user-facing errors become one line (once under torchrun). Also what a
 user sees of the trainer (config parsing, log progress, curves) and tools/evaluate.py."""
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UsageError
-from tools import cli
-from tools.cli import Option, parse_args, run_cli
+from pipeline import cli
+from pipeline.cli import Option, parse_args, run_cli
 from tools.synthetic import jpeg_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

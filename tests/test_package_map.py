@@ -36,3 +36,25 @@ def test_every_library_module_is_on_the_map():
         parents = {p.as_posix() + "/" for p in Path(rel).parents}
         assert rel in listed or parents & listed, f"{rel} is missing from README's 'Where things live'"
 
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_no_arrow_points_up():
+    """The floors are tools -> trainer -> pipeline: pipeline imports neither trainer nor tools,
+    trainer never imports tools (a scan of every import statement, nested ones included)."""
+    above = {"pipeline": ("trainer", "tools"), "trainer": ("tools",)}
+    for floor, banned in above.items():
+        for path in sorted((ROOT / floor).rglob("*.py")):
+            bad = {m for m in _imports(path) if m.split(".")[0] in banned}
+            assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"

@@ -207,7 +207,7 @@ def test_outputs_and_metrics_rows(dataset, tmp_path):
     assert set(state) >= {"model", "momentum", "schedule", "rng", "data", "step", "config"}
 
 
-# exit 2: the command line itself is wrong (tools/cli.py, nothing started); 1: a config that cannot work
+# exit 2: the command line itself is wrong (pipeline/cli.py, nothing started); 1: a config that cannot work
 @pytest.mark.parametrize("args,match,code", [
     (["--learning_rate=0.1"], "unknown option --learning_rate: valid options:.*--lr,", 2),
     (["--lr_schedul=step"], "unknown option --lr_schedul: did you mean --lr_schedule\\?", 2),

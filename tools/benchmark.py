@@ -60,7 +60,7 @@ from tools.bench.learn import learn
 from tools.bench.loader import loader
 from tools.bench.model import MODEL_COLUMNS, TRAIN_COLUMNS, model, train
 from tools.bench.syncs import syncs
-from tools.cli import run_cli
+from pipeline.cli import run_cli
 from tools.export_ffcv import require_ffcv
 from tools.fidelity import decode_full, psnr, reference
 

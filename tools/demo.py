@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from pipeline import open_dataset
 from pipeline.errors import UsageError
 from tools import synthetic
-from tools.cli import run_cli
+from pipeline.cli import run_cli
 from tools.grids import augmented_grid, summary
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -77,7 +77,8 @@ def main(out: str = "demo_out", steps: int = 0):
     t = step("augmented samples")
     grid = out / "augmented.png"
     augmented_grid(data, grid, crop=crop, lighting=0.5)
-    print(f"stored image | what the train loader made of it (crop, flip, PCA lighting x5): {grid}")
+    print(f"stored image | what the train loader made of it (crop, flip, PCA lighting at std 0.5, "
+          f"5x the recipes' 0.1, each image's alpha on the picture): {grid}")
 
     t = step("quick benchmarks")
     bench = out / "bench"

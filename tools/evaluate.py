@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from tools.cli import run_cli
+from pipeline.cli import run_cli
 
 
 def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop: bool = True,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline import open_dataset
 from pipeline.errors import MissingDependencyError, UsageError
-from tools.cli import run_cli
+from pipeline.cli import run_cli
 
 
 def require_ffcv():

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.cli import run_cli
+from pipeline.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -35,15 +35,22 @@ def summary(ds) -> str:
     return "\n".join(lines)
 
 
-def save_grid(images, captions, path, columns: int = 8, tile: int = 128) -> None:
-    """Write uint8 HWC images as a labelled PNG grid."""
+def save_grid(images, captions, path, columns: int = 8, tile: int = 128, title: str = "") -> None:
+    """Write uint8 HWC images as a labelled PNG grid; a caption may hold two lines ("\n"), and
+    ``title`` (lines) goes above the grid."""
     rows = max(1, -(-len(images) // columns))
-    canvas = Image.new("RGB", (columns * tile, rows * (tile + 14)), "white")
+    lines = max((str(c).count("\n") + 1 for c in captions), default=1)
+    cell = tile + 14 * lines
+    head = 14 * (title.count("\n") + 1) + 4 if title else 0
+    canvas = Image.new("RGB", (columns * tile, head + rows * cell), "white")
     draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.multiline_text((4, 2), title, fill="black", spacing=2)
     for n, (img, caption) in enumerate(zip(images, captions)):
-        x, y = (n % columns) * tile, (n // columns) * (tile + 14)
+        x, y = (n % columns) * tile, head + (n // columns) * cell
         canvas.paste(Image.fromarray(img).resize((tile, tile), Image.Resampling.BILINEAR), (x, y))
-        draw.text((x + 2, y + tile), str(caption)[:20], fill="black")
+        text = "\n".join(part[:22] for part in str(caption).split("\n"))
+        draw.multiline_text((x + 2, y + tile), text, fill="black", spacing=2)
     canvas.save(path)
 
 
@@ -58,7 +65,9 @@ def augmented_grid(dataset, path, n: int = 16, crop: int | None = None, lighting
                    seed: int = 0) -> None:
     """Pairs of (stored image, what the train loader makes of it) as a PNG: random crop, flip and
     PCA lighting visible (mean subtraction off so the pixels stay viewable; no clipping inside
-    the loader, clipped here for display only)."""
+    the loader, clipped here for display only). The picture says the lighting std it was drawn
+    at and each sample's alpha, so a larger-than-trained std (to make it visible) is not read as
+    the training augmentation."""
     import torch
 
     from pipeline import open_dataset
@@ -76,5 +85,12 @@ def augmented_grid(dataset, path, n: int = 16, crop: int | None = None, lighting
         original, label = ds["train"][int(i)]
         aug = images[k].permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).numpy()
         tiles += [original, aug]
-        captions += [ds.class_names[label], f"x{d.crop_x[i]} y{d.crop_y[i]}{' flip' if d.flip[i] else ''}"]
-    save_grid(tiles, captions, path, columns=8)
+        a = d.alpha[i]
+        captions += [ds.class_names[label],
+                     f"x{d.crop_x[i]} y{d.crop_y[i]}{' flip' if d.flip[i] else ''}\n"
+                     f"a {a[0]:+.2f}{a[1]:+.2f}{a[2]:+.2f}"]
+    title = (f"pairs: stored image | train loader output ({crop} px crop at x, y; flip; PCA lighting "
+             f"alpha a ~ N(0, {lighting:g}) per image)")
+    if lighting != 0.1:
+        title += f"\nlighting std {lighting:g} here, {lighting / 0.1:g}x the recipes' 0.1, to make it visible"
+    save_grid(tiles, captions, path, columns=8, title=title)

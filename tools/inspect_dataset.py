@@ -3,7 +3,7 @@
     python tools/inspect_dataset.py DATASET [--grid=samples.png] [--split=train] [--n=32] [--verify]
 """
 
-from tools.cli import run_cli
+from pipeline.cli import run_cli
 
 
 def main(dataset: str, grid: str | None = None, split: str = "train", n: int = 32, verify: bool = False):

@@ -10,7 +10,7 @@ Ctrl-C or a kill, run the same command again. See README.md for the layouts.
 Across machines: run it under torchrun (README.md, "Converting on several machines").
 """
 
-from tools.cli import run_cli
+from pipeline.cli import run_cli
 
 
 def main(src: str, out: str, size: int = 256, encoding: str = "raw", quality: int = 90,

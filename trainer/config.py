@@ -19,54 +19,55 @@ class ConfigError(UsageError):
 
 @dataclass
 class Config:
+    # Each key's meaning is written once, in HELP below (the --help text of trainer/main.py).
     # data and run
-    data: str = ""                 # dataset directory written by tools/prepare_imagenet.py
-    out: str = "runs/default"      # run directory: config, metrics, checkpoints, curves
-    device: str = "auto"           # auto | cpu | cuda
+    data: str = ""
+    out: str = "runs/default"
+    device: str = "auto"
     seed: int = 0
     # model and layout
     model: str = "alexnet"
-    mp: int = 1                    # 2: alexnet's towers on a pair of ranks; world = dp x mp
+    mp: int = 1
     dropout: float = 0.5
-    bias_init: float = 1.0         # paper: 1 in conv2/4/5, fc6/7 (Caffe used 0.1)
-    init: str = "paper"            # alexnet weight stds: paper | code2012 | caffe (models/alexnet.py)
-    dropout_form: str = "inverted" # alexnet: inverted (torch's) | paper (x (1-p) at test)
+    bias_init: float = 1.0
+    init: str = "paper"
+    dropout_form: str = "inverted"
     # batches and schedule
-    batch_size: int = 128          # global, over the data-parallel ranks
+    batch_size: int = 128
     epochs: int = 90
-    max_steps: int = 0             # 0 = no limit
+    max_steps: int = 0
     lr: float = 0.01
     momentum: float = 0.9
     nesterov: bool = False
-    label_smoothing: float = 0.0   # 0 = the paper's plain cross-entropy
-    weight_decay: float = 5e-4     # applied to weights, not biases (as cuda-convnet)
-    bias_lr_mult: float = 1.0      # biases (every 1-d parameter) learn at lr x this (cuda-convnet, Caffe: 2)
-    lr_schedule: str = "plateau"   # plateau | step | cosine
-    lr_factor: float = 0.1         # plateau and step: multiply by this
-    lr_step_epochs: int = 30       # step: every this many epochs
-    plateau_patience: int = 1      # plateau: epochs without val top-1 improvement before a cut
-    plateau_max_cuts: int = 3      # plateau: the paper divided the rate three times
-    warmup_epochs: float = 0.0     # linear warm-up from 0, in epochs (fractional allowed)
+    label_smoothing: float = 0.0
+    weight_decay: float = 5e-4
+    bias_lr_mult: float = 1.0
+    lr_schedule: str = "plateau"
+    lr_factor: float = 0.1
+    lr_step_epochs: int = 30
+    plateau_patience: int = 1
+    plateau_max_cuts: int = 3
+    warmup_epochs: float = 0.0
     # augmentation (pipeline.build_loader)
     crop: int = 224
     flip: bool = True
     lighting: float = 0.1
-    lighting_form: str = "code"    # code: sqrt(eigval) scale (2012 source); paper: eigval
-    mean: str = "pixel"            # pixel | channel | none
+    lighting_form: str = "code"
+    mean: str = "pixel"
     # speed
-    precision: str = "fp32"        # fp32 | bf16 | fp16 (fp16: CUDA only, with a grad scaler)
+    precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
-    loader_threads: int = 0        # DALI threads per rank; 0 = auto
+    loader_threads: int = 0
     # logging, evaluation, checkpoints
-    log_every: int = 10            # steps
-    stall_steps: int = 3000        # warn if the loss is not below 0.98 ln C by this step; 0 = never
-    eval_every: int = 1            # epochs; 0 = never
+    log_every: int = 10
+    stall_steps: int = 3000
+    eval_every: int = 1
     ten_crop_eval: bool = False
-    ckpt_every_steps: int = 0      # 0 = only at epoch ends
-    keep_last: int = 2             # epoch checkpoints kept (besides latest.pt and the best val top-1)
-    keep_epochs: list = dataclasses.field(default_factory=list)  # epochs kept for good, e.g. [29, 59]
-    override_config: bool = False  # resume even though the config differs from the checkpoint's
+    ckpt_every_steps: int = 0
+    keep_last: int = 2
+    keep_epochs: list = dataclasses.field(default_factory=list)
+    override_config: bool = False
 
     def validate(self) -> None:
         for key, allowed in CHOICES.items():
@@ -116,7 +117,8 @@ HELP = {
         "lighting": "PCA lighting: std of alpha (paper: 0.1; 0 = off)",
         "lighting_form": "code: scale by sqrt(eigval) (2012 source, ~12 grey levels); paper: by eigval/255",
         "mean": "subtract the mean image (pixel), the per-channel mean (channel) or nothing (none)",
-        "loader_threads": "DALI threads per rank; 0 = auto",
+        "loader_threads": "loader (gather and DALI) threads per rank; 0 = the CPUs of this process's "
+                          "affinity shared among the node's ranks, at most 8 (logged at start)",
         "seed": "seed of the data order, the augmentation and the weight initialisation",
     },
     "model": {
@@ -169,8 +171,8 @@ HELP = {
 
 
 def cli_options() -> list:
-    """Every config key as a command-line option (tools/cli.py), grouped as in HELP."""
-    from tools.cli import Option
+    """Every config key as a command-line option (pipeline/cli.py), grouped as in HELP."""
+    from pipeline.cli import Option
 
     types = {"int": int, "float": float, "str": str, "bool": bool, "list": list}
     by_name = {f.name: f for f in fields(Config)}

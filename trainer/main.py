@@ -40,7 +40,7 @@ from trainer.optim import build_optimizer, set_lr
 from trainer.parallel import all_reduce_sum, broadcast_buffers, cleanup, init_distributed
 from trainer.schedule import Schedule
 from trainer.evaluation import loader_args
-from trainer.step import autocast, grad_scaler, optimize
+from trainer.step import autocast, grad_scaler, optimize, precision_error
 from trainer.timing import DataWait
 
 
@@ -99,8 +99,8 @@ def train(cfg, out: Path, d):
         if d.dp_group is not None else model  # gradients averaged over the dp group only
     if cfg.compile:
         net = torch.compile(net)
-    if cfg.precision == "fp16" and d.device.type != "cuda":
-        raise ConfigError("precision fp16 needs CUDA; use bf16 on the CPU")
+    if precision_error(cfg.precision, d.device.type):
+        raise ConfigError(precision_error(cfg.precision, d.device.type))
     amp = partial(autocast, d.device.type, cfg.precision)
     scaler = grad_scaler(cfg.precision)
 
@@ -310,7 +310,7 @@ def end_epoch(epoch: int, epoch_sum: torch.Tensor, n_images: int, wait: float, e
 
 
 if __name__ == "__main__":
-    from tools.cli import run_cli
+    from pipeline.cli import run_cli
     from trainer.config import cli_options
 
     run_cli(main, known=(TrainingError, evaluation.EvaluationError), extra={"": cli_options()})

@@ -6,7 +6,6 @@ memory-mapped, never read into RAM as a whole.
 """
 from __future__ import annotations
 
-import bisect
 import io
 import json
 import zipfile
@@ -65,8 +64,12 @@ class Shard:
     def sources(self) -> list[str]:
         return json.loads(self.file[int(self.header["sources_offset"]):].tobytes())
 
+    def encoded_view(self, i: int) -> np.ndarray:
+        """Sample i's JPEG file as a view of the mapping (no copy)."""
+        return np.asarray(self.payload[int(self.offsets[i]):int(self.offsets[i + 1])])
+
     def encoded(self, i: int) -> bytes:
-        return self.payload[int(self.offsets[i]):int(self.offsets[i + 1])].tobytes()
+        return self.encoded_view(i).tobytes()
 
     def image(self, i: int) -> np.ndarray:
         if self.encoding == "raw":
@@ -80,29 +83,25 @@ class Split(Sequence):
     def __init__(self, root: Path, name: str, info: dict, size: int, encoding: str, verify: bool):
         self.name, self.size, self.encoding = name, size, encoding
         self.shards = [Shard(root / e["file"], e, size, encoding, verify) for e in info["shards"]]
-        self.starts = np.cumsum([0] + [s.count for s in self.shards]).tolist()  # global index of each shard's first sample
+        # the global index of each shard's first sample, then the total
+        self.starts = np.cumsum([0] + [s.count for s in self.shards], dtype=np.int64)
         self.labels = np.concatenate([s.labels for s in self.shards]) if self.shards else \
             np.zeros(0, fmt.LABEL_DTYPE)
 
     def __len__(self) -> int:
-        return self.starts[-1]
+        return int(self.starts[-1])
 
     def locate(self, i: int) -> tuple[Shard, int]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"{self.name}: index {i} out of range for {len(self)} samples")
-        i %= len(self)
-        k = bisect.bisect_right(self.starts, i) - 1
-        return self.shards[k], i - self.starts[k]
+        k, j = self.locate_many(np.array([i % len(self)]))
+        return self.shards[int(k[0])], int(j[0])
 
     def locate_many(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shard number, row in that shard) of every index in ``idx`` (0 <= idx < len), in one
         vectorised search over the shards' first indices."""
-        k = np.searchsorted(self._starts, idx, side="right") - 1
-        return k, idx - self._starts[k]
-
-    @cached_property
-    def _starts(self) -> np.ndarray:
-        return np.asarray(self.starts, np.int64)
+        k = np.searchsorted(self.starts, idx, side="right") - 1
+        return k, idx - self.starts[k]
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         shard, j = self.locate(i)

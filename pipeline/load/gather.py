@@ -74,9 +74,8 @@ class Gatherer:
         """Start gathering samples ``idx`` (global indices of the split); returns at once."""
         shard, row = self.split.locate_many(idx)
         if not self.raw:
-            images = [np.asarray(self.split.shards[k].payload[
-                self.split.shards[k].offsets[j]:self.split.shards[k].offsets[j + 1]])
-                for k, j in zip(shard.tolist(), row.tolist())]
+            shards = self.split.shards
+            images = [shards[k].encoded_view(j) for k, j in zip(shard.tolist(), row.tolist())]
             return Batch(images, None, [])
         slot = self._take_slot()
         n = len(idx)

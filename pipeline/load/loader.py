@@ -107,9 +107,10 @@ class Loader:
 
     # -- what each step holds (also the tests' window into the random decisions) ----------------
     def plan(self, epoch: int):
-        """(order, Decisions) of an epoch, cached for the last two asked for: the next epoch's is
-        drawn while DALI still works on this one's last batches, not at the epoch boundary
-        (O(N): ~50 ms for ImageNet's 1.28M samples)."""
+        """(order, Decisions) of an epoch, cached for two epochs: the one asked for and the
+        highest-numbered one cached before it (so the current epoch's stays while the next one's
+        is drawn, which happens while DALI still works on this epoch's last batches, not at the
+        epoch boundary: O(N), ~50 ms for ImageNet's 1.28M samples)."""
         if epoch not in self._plans:
             d = decisions(len(self.data), self.seed, epoch, self.size, self.crop, self.flip,
                           self.lighting, random=self.train)
@@ -239,7 +240,7 @@ class Loader:
         size, crop = self.size, self.crop
         kw = dict(batch_size=self.sampler.batch_size, num_threads=self.num_threads,
                   device_id=self.device.index if dev == "gpu" else None, prefetch_queue_depth=1,
-                  exec_dynamic=True, seed=self.seed, device=dev)
+                  exec_dynamic=True, device=dev)  # no seed: every random decision is fed
         if not self.augment:
             pipe = self._feed_graph(**kw)
         else:

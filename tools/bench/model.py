@@ -43,7 +43,6 @@ from tools.bench.loader import QUICK_SIZES, busy_cpu_seconds, rate_row, time_ste
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_CROPS = {"alexnet_small": 28, "alexnet_owt_small": 28, "resnet50_small": 28, "small_bn": 28,
                "vgg16_small": 32, "cifar_cnn": 32}  # the others take 224
-PRECISIONS = ("fp32", "bf16", "fp16")
 MODEL_COLUMNS = [("system", "system", "s"), ("device", "device_type", "s"), ("batch", "batch_size", "d"),
                  ("crop", "crop", "d"), ("steps", "steps", "d"), ("repeats", "repeats", "d"),
                  ("median s", "median_s", ".2f"), ("images/s", "images_per_s", ".1f"),
@@ -77,12 +76,10 @@ def train_step(name: str, batch_size: int, crop: int, precision: str, channels_l
     from trainer.config import Config
     from trainer.models import build_model
     from trainer.optim import build_optimizer
-    from trainer.step import autocast, grad_scaler, optimize
+    from trainer.step import autocast, grad_scaler, optimize, precision_error
 
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        raise UsageError("precision fp16 needs CUDA; use bf16 on the CPU")
+    if precision_error(precision, device.type):
+        raise UsageError(f"--{precision_error(precision, device.type)}")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = build_model(name, num_classes, crop).to(device, memory_format=fmt).train()
     optimizer = build_optimizer(net, Config())  # the recipe's defaults, as a training run steps

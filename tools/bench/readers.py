@@ -21,7 +21,8 @@ from nvidia.dali import pipeline_def
 
 import pipeline
 
-DATA, B, C = sys.argv[1] if len(sys.argv) > 1 else "/tmp/bench_loader_cache/data", 256, 224
+B, C = 256, 224
+DATA = "/tmp/bench_loader_cache/data"  # the command line's DATASET, set when run as a script
 
 class Source:
     """Picklable batch source: each DALI worker process opens the dataset itself."""
@@ -68,5 +69,6 @@ def epoch(parallel):
     return k / (time.perf_counter() - t)
 
 if __name__ == "__main__":
+    DATA = sys.argv[1] if len(sys.argv) > 1 else DATA
     for mode in (False, True, False, True, False, True):  # the first serial epoch warms the page cache
         print("parallel" if mode else "serial  ", f"{epoch(mode):.0f} img/s", flush=True)

@@ -24,7 +24,7 @@ from PIL import Image
 from pipeline.prepare.preprocess import centre_box, decode, encode_jpeg
 from pipeline.prepare.resample import resize_box, warm_up
 from tools import synthetic
-from tools.cli import run_cli
+from pipeline.cli import run_cli
 from tools.fidelity import reference
 
 SIZE = 256
