@@ -17,6 +17,9 @@ import pipeline
 from helpers import noise_tree, tree_digest
 from images import encode
 from pipeline.prepare import convert as convert_mod
+from pipeline.prepare import finalize as finalize_mod
+from pipeline.prepare import job as job_mod
+from pipeline.prepare import worker as worker_mod
 from tools import synthetic
 from pipeline.prepare.convert import OutputError, convert
 from pipeline.prepare.sources import LayoutError
@@ -122,9 +125,12 @@ def test_interrupted_at_any_point_resumes_to_identical_bytes(tree, dataset, tmp_
                                                              where, stop_at):
     out = tmp_path / "out"
     calls = {"n": 0}
-    target = {"decode": "to_rgb_square", "atomic_write": "atomic_write",
-              "finalize": "_finish_cleanup"}[where]
-    real = getattr(convert_mod, target)
+    # every module of the converter that makes the call (the counts above are over all of them)
+    places = {"decode": [(worker_mod, "to_rgb_square")],
+              "atomic_write": [(job_mod, "atomic_write"), (worker_mod, "atomic_write"),
+                               (finalize_mod, "atomic_write")],
+              "finalize": [(finalize_mod, "finish_cleanup")]}[where]
+    real = getattr(*places[0])
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -132,10 +138,12 @@ def test_interrupted_at_any_point_resumes_to_identical_bytes(tree, dataset, tmp_
             raise Interrupt()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(convert_mod, target, flaky)
+    for module, name in places:
+        monkeypatch.setattr(module, name, flaky)
     with pytest.raises(Interrupt):
         convert(tree, out, size=32, shard_size=5, workers=1, progress=False)
-    monkeypatch.setattr(convert_mod, target, real)
+    for module, name in places:
+        monkeypatch.setattr(module, name, real)
     if where != "finalize":  # a kill after manifest.json leaves a complete dataset
         with pytest.raises(pipeline.FormatError, match="unfinished conversion"):
             pipeline.open_dataset(out)
@@ -192,7 +200,7 @@ def _leave_unfinished(src, out, monkeypatch):
     def stop(*a, **k):
         raise Interrupt()
 
-    monkeypatch.setattr(convert_mod, "_finalize", stop)
+    monkeypatch.setattr(convert_mod, "finalize", stop)  # the name convert.py calls
     with pytest.raises(Interrupt):
         convert(src, out, size=32, shard_size=5, workers=1, progress=False)
     monkeypatch.undo()
@@ -316,7 +324,7 @@ def test_a_second_conversion_into_the_same_out_refuses_at_once(tree, tmp_path, m
     on the same OUT refuses at once; the first then finishes normally."""
     out = tmp_path / "out"
     results = {}
-    real = convert_mod.to_rgb_square
+    real = worker_mod.to_rgb_square
 
     def second_conversion_meanwhile(*a, **k):
         if not results:
@@ -325,7 +333,7 @@ def test_a_second_conversion_into_the_same_out_refuses_at_once(tree, tmp_path, m
                  "--size=32", "--shard_size=5", "--workers=1"], capture_output=True, text=True, timeout=120)
         return real(*a, **k)
 
-    monkeypatch.setattr(convert_mod, "to_rgb_square", second_conversion_meanwhile)
+    monkeypatch.setattr(worker_mod, "to_rgb_square", second_conversion_meanwhile)
     convert(tree, out, size=32, shard_size=5, workers=1, progress=False)
     second = results["second"]
     assert second.returncode == 1 and "another conversion is writing it right now" in second.stderr, second.stderr

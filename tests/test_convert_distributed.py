@@ -77,7 +77,7 @@ def src(tmp_path_factory) -> Path:
 
 
 def test_shares_cover_every_shard_once():
-    from pipeline.prepare.convert import _share
+    from pipeline.prepare.pool import share as _share
 
     shards = {"val": [[0]] * 3, "train": [[0]] * 5}
     for world in (1, 2, 3, 7):
