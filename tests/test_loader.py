@@ -289,7 +289,8 @@ def test_one_pipeline_for_the_loaders_life(dataset):
 
 def test_feed_alone_yields_the_stored_bytes(dataset):
     ds = pipeline.open_dataset(dataset)
-    loader = pipeline.build_loader(dataset, "val", batch_size=3, crop=32, device="cpu", augment=False)
+    from tools.bench.graphs import feed_pipeline
+    loader = pipeline.build_loader(dataset, "val", batch_size=3, crop=32, device="cpu", graph=feed_pipeline)
     for step, (x, y) in enumerate(run_epoch(loader)):
         idx = loader.indices(0, step)
         np.testing.assert_array_equal(x.numpy(), np.stack([ds["val"][int(i)][0] for i in idx]))
@@ -297,11 +298,11 @@ def test_feed_alone_yields_the_stored_bytes(dataset):
 
 
 def test_handoff_graph_reads_the_fed_batch(dataset):
-    """The benchmark's feed row (graphs.handoff_pipeline): the shapes of what was fed, and labels."""
-    from tools.bench.loader import _handoff_loader_class
+    """The benchmark's feed row (tools/bench/graphs.py): the shapes of what was fed, and labels."""
+    from tools.bench.graphs import handoff_pipeline
 
     ds = pipeline.open_dataset(dataset)
-    loader = _handoff_loader_class()(dataset, "val", batch_size=3, crop=32, device="cpu", augment=False)
+    loader = pipeline.build_loader(dataset, "val", batch_size=3, crop=32, device="cpu", graph=handoff_pipeline)
     for step, (x, y) in enumerate(run_epoch(loader)):
         idx = loader.indices(0, step)
         assert x.tolist() == [[ds.size, ds.size, 3]] * len(idx)
@@ -472,3 +473,27 @@ def test_batches_run_ahead_into_the_next_epoch_only_when_it_follows(dataset):
         got = run_epoch(loader, epoch)
         assert len(got) == len(fresh[epoch])
         assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(got, fresh[epoch]))
+
+
+def test_the_loader_names_its_position(dataset):
+    """``last``: the (epoch, step) yielded last; ``epoch_done``: whether an epoch was yielded whole
+    (what the trainer asks at an epoch's end, instead of decoding state_dict())."""
+    loader = pipeline.build_loader(dataset, "train", batch_size=4, crop=24, device="cpu")  # 6 steps
+    assert loader.last is None and not loader.epoch_done(0)
+    it = iter(loader)
+    next(it), next(it)
+    assert loader.last == (0, 1) and not loader.epoch_done(0)
+    del it
+    loader.set_epoch(0)
+    for _ in loader:
+        pass
+    assert loader.last == (0, 5) and loader.epoch_done(0) and not loader.epoch_done(1)
+
+
+def test_another_graph_needs_raw_payloads(tree, tmp_path):
+    from pipeline.load.loader import LoaderError
+    from tools.bench.graphs import feed_pipeline
+    jpeg = tmp_path / "jpeg"
+    convert(tree, jpeg, size=32, encoding="jpeg", workers=1, progress=False)
+    with pytest.raises(LoaderError, match="graph= .* needs a raw dataset"):
+        pipeline.build_loader(jpeg, "val", batch_size=3, crop=32, device="cpu", graph=feed_pipeline)

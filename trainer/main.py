@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -46,6 +47,38 @@ from trainer.timing import DataWait
 
 class TrainingError(RuntimeError):
     pass
+
+
+@dataclass
+class Job:
+    """What a run is made of, fixed once built: the loop's helpers take this, not a dozen arguments."""
+    cfg: object
+    d: object  # trainer.parallel.Dist
+    out: Path
+    model: torch.nn.Module  # the unwrapped module (checkpoints, evaluation)
+    optimizer: torch.optim.Optimizer
+    scaler: object  # GradScaler or None
+    schedule: Schedule
+    train_loader: object
+    val_loaders: dict  # {"one": loader, "ten": loader}, as asked; empty: no evaluation
+    n_val: int
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+
+@dataclass
+class RunState:
+    """What travels with every checkpoint besides the model, optimizer, schedule and loader
+    position: the run's id, the dataset identity, the best val top-1 so far, an unfinished
+    epoch's running sums, the guard's state; and whether this rank writes checkpoints."""
+    id: str | None
+    dataset: dict
+    best: dict | None = None   # {"epoch", "top1"}
+    sums: dict | None = None   # {"epoch": [loss x n, n], "log": [...]} of a mid-epoch checkpoint
+    guard: object = None       # the saved state, then the live LossGuard
+    writer: bool = False
 
 
 def main(config: str | None = None, **overrides):
@@ -104,16 +137,19 @@ def train(cfg, out: Path, d):
     amp = partial(autocast, d.device.type, cfg.precision)
     scaler = grad_scaler(cfg.precision)
 
+    job = Job(cfg, d, out, model, optimizer, scaler, schedule, train_loader, val_loaders,
+              len(ds["val"]) if val_loaders else 0)
+
     # -- resume ----------------------------------------------------------------------------------
-    ckpt_dir = out / "checkpoints"
-    step, epoch, run = resume(ckpt_dir, out, cfg, d, model, optimizer, scaler, schedule, train_loader)
+    ckpt_dir = job.ckpt_dir
+    step, epoch, run = resume(job)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(exist_ok=True)
         save(cfg, out / "config.yaml")
     metrics = Metrics(out, d.is_main, resume_step=step, resume_epoch=epoch)
-    guard = LossGuard(len(ds.classes), cfg.stall_steps, run["guard"])  # stalls and blow-ups, said once
-    run["guard"] = guard  # its state travels with every checkpoint
+    guard = LossGuard(len(ds.classes), cfg.stall_steps, run.guard)  # stalls and blow-ups, said once
+    run.guard = guard  # its state travels with every checkpoint
     log(d, f"{cfg.model}: {sum(p.numel() for p in model.parameters()) * d.mp_size:,} parameters, "
            f"world {d.world} = dp {d.dp_size} x mp {d.mp_size}, {d.device}, {cfg.precision}; "
            f"{len(ds['train'])} train images, {steps_per_epoch} steps/epoch of {cfg.batch_size}; "
@@ -124,9 +160,8 @@ def train(cfg, out: Path, d):
     # step never syncs, read by check_finite at the next log or checkpoint
     first_bad = torch.full((), -1, dtype=torch.int64, device=d.device)
     checked = step  # check_finite has seen every step up to this one
-    checkpoint = partial(save_checkpoint, ckpt_dir, cfg, d, model, optimizer, scaler, schedule,
-                         train_loader, run)
-    carry = run["sums"]  # a mid-epoch checkpoint's running sums, reduced over dp
+    checkpoint = partial(save_checkpoint, job, run)
+    carry = run.sums  # a mid-epoch checkpoint's running sums, reduced over dp
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)  # for the ETA
     model.train()
     while not finished(cfg, step, epoch):
@@ -166,8 +201,7 @@ def train(cfg, out: Path, d):
                 metrics.log({"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
                              "img_per_s": log_images / (t - t_log),
                              "data_wait_frac": wait.seconds() / max(t - t_epoch, 1e-9)})
-                k = (train_loader.state_dict()["step"] - 1) % steps_per_epoch + 1  # 0 after the last batch
-                log(d, f"epoch {epoch} " + progress(k, steps_per_epoch, step, total_steps,
+                log(d, f"epoch {epoch} " + progress(train_loader.last[1] + 1, steps_per_epoch, step, total_steps,
                                                     (t - t_log) * cfg.batch_size / log_images) +
                     f": loss {mean_loss:.4f} lr {lr:.5f} {log_images / (t - t_log):.0f} img/s")
                 warning = guard.check(step, mean_loss)  # the same mean on every rank
@@ -182,13 +216,13 @@ def train(cfg, out: Path, d):
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
-        if train_loader.state_dict()["epoch"] == epoch:  # stopped mid-epoch by max_steps
+        if not train_loader.epoch_done(epoch):  # stopped mid-epoch by max_steps
             checkpoint(step, sums=(epoch_sum, loss_sum))
             break
-        top1 = end_epoch(epoch, epoch_sum, n_images, wait.seconds(), time.perf_counter() - t_epoch, model,
-                         val_loaders, len(ds["val"]) if val_loaders else 0, schedule, metrics, amp, cfg, d)
-        if top1 is not None and (run["best"] is None or top1 > run["best"]["top1"]):
-            run["best"] = {"epoch": epoch, "top1": top1}  # retention keeps its checkpoint
+        top1 = end_epoch(job, epoch, epoch_sum, n_images, wait.seconds(), time.perf_counter() - t_epoch,
+                         metrics, amp)
+        if top1 is not None and (run.best is None or top1 > run.best["top1"]):
+            run.best = {"epoch": epoch, "top1": top1}  # retention keeps its checkpoint
         checkpoint(step, tag=f"epoch{epoch:03d}")
         epoch += 1
         if d.is_main:
@@ -210,54 +244,50 @@ def finished(cfg, step: int, epoch: int) -> bool:
     return bool(cfg.max_steps and step >= cfg.max_steps) or epoch >= cfg.epochs
 
 
-def resume(ckpt_dir: Path, out: Path, cfg, d, model, optimizer, scaler, schedule,
-           train_loader) -> tuple[int, int, dict]:
+def resume(job: Job) -> tuple[int, int, RunState]:
     """Collective, one decision for all ranks: (step, epoch, run) to start from. The newest
     checkpoint any rank's ``out`` holds is broadcast and restored (model, momentum, GradScaler,
-    schedule, loader position, RNG); without one, (0, 0) with the dropout RNG seeded. ``run``
-    travels with every checkpoint: id, dataset identity, best val top-1, the epoch's running sums,
-    and whether this rank writes checkpoints."""
+    schedule, loader position, RNG); without one, (0, 0) with the dropout RNG seeded."""
+    cfg, d = job.cfg, job.d
     dataset = dataset_identity(cfg.data)
-    writer = ckpt.is_writer(ckpt_dir, d)  # collective
-    state = ckpt.resume_state(ckpt_dir, d)  # collective: None, or the newest checkpoint on every rank
+    writer = ckpt.is_writer(job.ckpt_dir, d)  # collective
+    state = ckpt.resume_state(job.ckpt_dir, d)  # collective: None, or the newest checkpoint on every rank
     if state is None:
-        if (out / "config.yaml").exists():
+        if (job.out / "config.yaml").exists():
             import yaml
-            check_resume(yaml.safe_load((out / "config.yaml").read_text()), cfg)  # refuse another run's out
+            check_resume(yaml.safe_load((job.out / "config.yaml").read_text()), cfg)  # refuse another run's out
         torch.manual_seed(cfg.seed * 1000 + d.rank)  # dropout: its own stream on every rank
-        return 0, 0, {"id": ckpt.new_run_id(d), "dataset": dataset, "best": None, "sums": None,
-                      "writer": writer, "guard": None}
+        return 0, 0, RunState(ckpt.new_run_id(d), dataset, writer=writer)
     changed = check_resume(state["config"], cfg, state.get("dataset"), dataset)
-    if not ckpt.restore(state, model, optimizer, scaler, d):
+    if not ckpt.restore(state, job.model, job.optimizer, job.scaler, d):
         log(d, f"note: world size changed ({len(state['rng'])} -> {d.world}): dropout RNG differs")
-    schedule.load_state_dict(state["schedule"])
-    train_loader.load_state_dict(state["data"])
+    job.schedule.load_state_dict(state["schedule"])
+    job.train_loader.load_state_dict(state["data"])
     step, epoch = state["step"], state["data"]["epoch"]
     log(d, f"resumed from {state['resumed_from']} at step {step}, epoch {epoch}" +
         (f" (config changes accepted: {changed})" if changed else ""))
-    return step, epoch, {"id": state.get("run_id"), "dataset": dataset, "best": state.get("best"),
-                         "sums": state.get("sums"), "writer": writer, "guard": state.get("guard")}
+    return step, epoch, RunState(state.get("run_id"), dataset, best=state.get("best"),
+                                 sums=state.get("sums"), guard=state.get("guard"), writer=writer)
 
 
-def save_checkpoint(ckpt_dir: Path, cfg, d, model, optimizer, scaler, schedule, train_loader,
-                    run: dict, step: int, tag: str | None = None, sums=None) -> None:
+def save_checkpoint(job: Job, run: RunState, step: int, tag: str | None = None, sums=None) -> None:
     """Collective: latest.pt (and tag.pt, then retention) written atomically by every writer.
     ``sums``: the (epoch, since-log) running loss sums of an unfinished epoch, reduced here."""
+    cfg, d = job.cfg, job.d
     reduced = {"epoch": [0.0, 0.0], "log": [0.0, 0.0]}
     if sums is not None:
         both = torch.stack(sums)  # a copy: the loop's own sums stay per rank
         all_reduce_sum(both, d.dp_group)
         reduced["epoch"], reduced["log"] = both.tolist()
-    state = ckpt.capture(model, optimizer, scaler, d, schedule=schedule.state_dict(),
-                         data=train_loader.state_dict(), sums=reduced, best=run["best"], step=step,
-                         config=to_dict(cfg), run_id=run["id"], dataset=run["dataset"],
-                         guard=run["guard"].state_dict())
-    if run["writer"]:
-        ckpt.save_atomic(state, ckpt_dir / "latest.pt")
+    state = ckpt.capture(job.model, job.optimizer, job.scaler, d, schedule=job.schedule.state_dict(),
+                         data=job.train_loader.state_dict(), sums=reduced, best=run.best, step=step,
+                         config=to_dict(cfg), run_id=run.id, dataset=run.dataset,
+                         guard=run.guard.state_dict())
+    if run.writer:
+        ckpt.save_atomic(state, job.ckpt_dir / "latest.pt")
         if tag:
-            ckpt.save_atomic(state, ckpt_dir / f"{tag}.pt")
-            best = run["best"]["epoch"] if run["best"] else None
-            ckpt.prune(ckpt_dir, cfg.keep_last, cfg.keep_epochs, best)
+            ckpt.save_atomic(state, job.ckpt_dir / f"{tag}.pt")
+            ckpt.prune(job.ckpt_dir, cfg.keep_last, cfg.keep_epochs, run.best["epoch"] if run.best else None)
 
 
 def check_finite(model, first_bad: torch.Tensor, since: int, step: int, epoch: int, ckpt_dir: Path,
@@ -280,23 +310,24 @@ def check_finite(model, first_bad: torch.Tensor, since: int, step: int, epoch: i
     return step
 
 
-def end_epoch(epoch: int, epoch_sum: torch.Tensor, n_images: int, wait: float, elapsed: float, model,
-              val_loaders: dict, n_val: int, schedule, metrics, amp, cfg, d) -> float | None:
+def end_epoch(job: Job, epoch: int, epoch_sum: torch.Tensor, n_images: int, wait: float,
+              elapsed: float, metrics, amp) -> float | None:
     """Collective: the finished epoch's row (train loss reduced over dp, val metrics when due, the
     plateau check that may cut the lr) logged to metrics.jsonl and the console. Evaluates the
     unwrapped module with dp rank 0's buffers. Returns the one-crop val top-1 (None: no eval)."""
+    cfg, d, model, val_loaders = job.cfg, job.d, job.model, job.val_loaders
     all_reduce_sum(epoch_sum, d.dp_group)
     row = {"kind": "epoch", "epoch": epoch, "train_loss": (epoch_sum[0] / epoch_sum[1]).item(),
            "val_loss": None, "val_top1": None, "val_top5": None, "val_top1_10crop": None,
            "img_per_s": n_images / elapsed, "data_wait_frac": wait / elapsed}
     if val_loaders and (epoch + 1) % cfg.eval_every == 0:
         broadcast_buffers(model, d)
-        one = evaluation.evaluate(model, val_loaders["one"], d, amp, False, n_val)
+        one = evaluation.evaluate(model, val_loaders["one"], d, amp, False, job.n_val)
         row.update(val_loss=one["loss"], val_top1=one["top1"], val_top5=one["top5"])
         if "ten" in val_loaders:
-            row["val_top1_10crop"] = evaluation.evaluate(model, val_loaders["ten"], d, amp, True, n_val)["top1"]
-        if schedule.observe(one["top1"]):
-            log(d, f"val top-1 plateaued: lr cut {schedule.cuts} of {cfg.plateau_max_cuts}")
+            row["val_top1_10crop"] = evaluation.evaluate(model, val_loaders["ten"], d, amp, True, job.n_val)["top1"]
+        if job.schedule.observe(one["top1"]):
+            log(d, f"val top-1 plateaued: lr cut {job.schedule.cuts} of {cfg.plateau_max_cuts}")
     metrics.log(row)
     log(d, "epoch {epoch}: train loss {train_loss:.4f}".format(**row) +
         (" val loss {val_loss:.4f} top-1 {val_top1:.4f} top-5 {val_top5:.4f}".format(**row)

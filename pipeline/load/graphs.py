@@ -12,7 +12,8 @@ per batch, never a per-sample tuple):
 ``device`` is "cpu" or "gpu": the same graph either way, the inputs moved to the GPU first.
 Outputs: images (B, 3, crop, crop) float (CHW layout; HWC for channels_last; ten-crop
 (B, 10, ...) of either) and labels int32,
-both on ``device``. One pipeline serves a loader for its whole life.
+both on ``device``. One pipeline serves a loader for its whole life. ``images_input`` and
+``labels_input`` are the feed's contract, also for another graph (Loader's ``graph=``).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from nvidia.dali import pipeline_def
 from . import augment
 
 
-def _images(device: str, encoding: str):
+def images_input(device: str, encoding: str):
+    """The fed ``images`` (raw: read in place; JPEG: decoded), on ``device``: the loader's contract."""
     if encoding == "raw":
         images = fn.external_source(name="images", dtype=types.UINT8, layout="HWC", no_copy=True)
         return images.gpu() if device == "gpu" else images
@@ -31,7 +33,8 @@ def _images(device: str, encoding: str):
     return augment.decode(encoded, device)
 
 
-def _labels(device: str):
+def labels_input(device: str):
+    """The fed int32 ``labels`` on ``device``."""
     labels = fn.external_source(name="labels", dtype=types.INT32)
     return labels.gpu() if device == "gpu" else labels
 
@@ -42,7 +45,7 @@ def _mean_image(mean_image, device: str):
 
 @pipeline_def
 def train_pipeline(*, device, encoding, crop, std, mean_image, out_type, layout):
-    images, labels = _images(device, encoding), _labels(device)
+    images, labels = images_input(device, encoding), labels_input(device)
     crop_x = fn.external_source(name="crop_x", dtype=types.FLOAT)
     crop_y = fn.external_source(name="crop_y", dtype=types.FLOAT)
     mirror = fn.external_source(name="mirror", dtype=types.INT32)
@@ -55,7 +58,7 @@ def train_pipeline(*, device, encoding, crop, std, mean_image, out_type, layout)
 @pipeline_def
 def val_pipeline(*, device, encoding, crop, window, mean, std, mean_image, out_type, layout):
     """``window``: the fixed (crop_x, crop_y) fractions of the centre crop; ``mean`` a constant."""
-    images, labels = _images(device, encoding), _labels(device)
+    images, labels = images_input(device, encoding), labels_input(device)
     out = augment.crop_normalize(images, crop, window[0], window[1], 0, mean, std,
                                  _mean_image(mean_image, device), out_type, layout)
     return out, labels
@@ -63,23 +66,7 @@ def val_pipeline(*, device, encoding, crop, window, mean, std, mean_image, out_t
 
 @pipeline_def
 def ten_crop_pipeline(*, device, encoding, crop, windows, mean, std, mean_image, out_type, layout):
-    images, labels = _images(device, encoding), _labels(device)
+    images, labels = images_input(device, encoding), labels_input(device)
     out = augment.ten_crop(images, crop, windows, mean, std, _mean_image(mean_image, device),
                            out_type, layout)
     return out, labels
-
-
-@pipeline_def
-def feed_pipeline(*, device):
-    """No augmentation: the gathered raw batch and labels as DALI hands them over (benchmark of
-    the feed alone). DALI's output stage copies the batch out of the ring (measured: an output
-    never aliases a no_copy input), so a yielded batch stays valid after its slot is refilled."""
-    return _images(device, "raw"), _labels(device)
-
-
-@pipeline_def
-def handoff_pipeline(*, device):
-    """The feed without that output copy (benchmark of the gather and the hand-off alone): the
-    batch is handed to DALI and read in place, as crop_mirror_normalize reads it in training; only
-    each sample's shape (int64 (B, 3)) comes out, so the benchmark can check what was fed."""
-    return _images(device, "raw").shape(), _labels(device)

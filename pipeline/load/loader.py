@@ -8,8 +8,11 @@
     state = loader.state_dict()            # {"epoch", "step"}: resume mid-epoch with load_state_dict
     loader.close()                         # optional: also at garbage collection and at exit
 
-``augment=False`` yields the stored uint8 (B, S, S, 3) batches as fed, with their labels: the feed
-alone, for benchmarks (raw datasets only; ``crop`` is then unused).
+``graph=`` runs another DALI graph over the same feed (raw datasets only): a ``@pipeline_def``
+taking ``device`` ("cpu" | "gpu") whose graph reads the two external sources the loader feeds,
+``graphs.images_input(device, "raw")`` and ``graphs.labels_input(device)``; the loader yields its
+two outputs as torch tensors, unconverted (no crop, cast or layout change; the augmentation
+arguments are unused). tools/bench/graphs.py holds the benchmark's.
 
 One DALI pipeline (pipeline/load/graphs.py) serves the loader for its whole life; an epoch only
 changes what is fed. Each batch's samples are located with one vectorised search, gathered by
@@ -48,13 +51,10 @@ class LoaderError(UsageError):
 
 
 class Loader:
-    # the graph of augment=False; tools/bench/loader.py swaps in graphs.handoff_pipeline
-    _feed_graph = staticmethod(graphs.feed_pipeline)
-
     def __init__(self, path, split, *, batch_size, crop=224, device="auto", dp_rank=0, dp_size=1,
                  seed=0, flip=True, lighting=0.1, lighting_form="code", mean="pixel",
                  dtype=torch.float32, channels_last=False, ten_crop=False, drop_last=None,
-                 num_threads=None, prefetch=2, augment=True):
+                 num_threads=None, prefetch=2, graph=None):
         ds = open_dataset(path)  # FormatError (naming the file) for a damaged or foreign dataset
         if split not in ds:
             raise LoaderError(f"{path}: unknown split {split!r}; the dataset has {sorted(ds.splits)}")
@@ -63,12 +63,13 @@ class Loader:
         _check(batch_size=batch_size, crop=crop, size=ds.size, dp_rank=dp_rank, dp_size=dp_size, n=n,
                mean=mean, dtype=dtype, lighting=lighting, lighting_form=lighting_form,
                prefetch=prefetch, split=split, path=path)
-        if not augment and ds.encoding != "raw":
-            raise LoaderError(f"{path} [{split}]: augment=False (the feed alone) needs a raw dataset")
+        if graph is not None and ds.encoding != "raw":
+            raise LoaderError(f"{path} [{split}]: graph= (another graph over the feed) needs a raw dataset")
         self.train = split == "train" and not ten_crop
         self.crop, self.flip, self.lighting, self.lighting_form = crop, flip, lighting, lighting_form
         self.mean, self.dtype, self.channels_last, self.ten_crop = mean, dtype, channels_last, ten_crop
-        self.seed, self.augment = seed, augment
+        self.seed, self.graph = seed, graph
+        self.augment = graph is None  # the augmentation graphs of graphs.py, and their conversions
         try:
             self.device = resolve_device(device)
             if self.device.type == "cuda":
@@ -80,7 +81,8 @@ class Loader:
                                drop_last=drop_last)
         self.num_threads = num_threads or default_threads()[0]
         self.prefetch = prefetch  # batches scheduled ahead in DALI; prefetch + 1 buffers in the ring
-        self.epoch, self.step = 0, 0
+        self.epoch, self.step = 0, 0  # the position: where the next batch comes from
+        self.last = None  # (epoch, step) of the batch yielded last
         self._plans = {}  # epoch -> (order, Decisions)
         self._steps_with_data = None
         self._feed = None  # built on first use, then kept: one pipeline for the loader's life
@@ -88,6 +90,11 @@ class Loader:
     # -- position ------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.sampler)
+
+    def epoch_done(self, epoch: int) -> bool:
+        """Whether every batch of ``epoch`` has been yielded: the position has moved past it (a
+        loop that stopped early leaves it inside)."""
+        return self.epoch > epoch
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -211,6 +218,7 @@ class Loader:
     def _advance(self, epoch: int, step: int, steps: int) -> None:
         """Position after yielding ``step``; after the last one it is the next epoch's start, so a
         checkpoint taken there resumes with the next epoch."""
+        self.last = (epoch, step)
         self.epoch, self.step = (epoch + 1, 0) if step + 1 == steps else (epoch, step + 1)
 
     def _base_mean(self) -> np.ndarray:
@@ -242,7 +250,7 @@ class Loader:
                   device_id=self.device.index if dev == "gpu" else None, prefetch_queue_depth=1,
                   exec_dynamic=True, device=dev)  # no seed: every random decision is fed
         if not self.augment:
-            pipe = self._feed_graph(**kw)
+            pipe = self.graph(**kw)
         else:
             # fp16 straight from DALI's last op; bf16 (DALI has none) is cast by torch
             out_type = types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT

@@ -23,9 +23,9 @@ Further figures, in a second table ("extras"), same run, same data:
     ffcv-channels-last FFCV's native output (NCHW view of NHWC memory), without the copy above
     dali-feed          the feed alone: our gather into the reused buffers and DALI's hand-off of
                        the stored uint8 (B, S, S, 3) batch, read in place as training reads it; the
-                       graph outputs only the samples' shapes (graphs.handoff_pipeline); also at a
+                       graph outputs only the samples' shapes (tools/bench/graphs.py handoff_pipeline); also at a
                        quarter of the batch, to show Python cost per batch not growing
-    dali-feed+copy-out the same with the uint8 batch as the graph's output (augment=False): DALI
+    dali-feed+copy-out the same with the uint8 batch as the graph's output (feed_pipeline): DALI
                        copies it out of the ring, a copy training does not make
     numpy-copy         a plain numpy copy of the same bytes: a random batch's records copied one
                        by one (np.copyto) into a reused buffer, in the same number of threads
@@ -280,28 +280,16 @@ def _cycle(epoch_iter, tracker: Tracker):
         tracker.epoch += 1
 
 
-def _dali(data, batch_size, crop, workers, device, mean, lighting, tracker, augment=True,
-          handoff=False):
+def _dali(data, batch_size, crop, workers, device, mean, lighting, tracker, graph=None):
     from pipeline.load.loader import Loader
 
-    cls = _handoff_loader_class() if handoff else Loader
-    loader = cls(data, "train", batch_size=batch_size, crop=crop, device=device, mean=mean,
-                 lighting=lighting, flip=True, num_threads=workers, augment=augment)
+    loader = Loader(data, "train", batch_size=batch_size, crop=crop, device=device, mean=mean,
+                    lighting=lighting, flip=True, num_threads=workers, graph=graph)
 
     def epoch_iter(epoch):
         loader.set_epoch(epoch)
         return iter(loader)
     return tracker.step(_cycle(epoch_iter, tracker))
-
-
-def _handoff_loader_class():
-    from pipeline.load import graphs
-    from pipeline.load.loader import Loader
-
-    class HandoffLoader(Loader):
-        """augment=False whose graph reads the batch in place and outputs only its shapes."""
-        _feed_graph = staticmethod(graphs.handoff_pipeline)
-    return HandoffLoader
 
 
 def _numpy_copy(data, batch_size, workers, tracker):
@@ -490,8 +478,9 @@ def _measure(spec: dict) -> dict:
     elif system == "dali-cpu+lighting":
         next_batch = _dali(data, b, crop, workers, "cpu", "pixel", 0.1, tracker)
     elif system.startswith("dali-feed"):
-        next_batch = _dali(data, b, ds.size, workers, "cpu", "none", 0.0, tracker, augment=False,
-                           handoff=system != "dali-feed+copy-out")
+        from tools.bench import graphs
+        next_batch = _dali(data, b, ds.size, workers, "cpu", "none", 0.0, tracker,
+                           graph=graphs.feed_pipeline if system == "dali-feed+copy-out" else graphs.handoff_pipeline)
     elif system == "numpy-copy":
         next_batch = _numpy_copy(data, b, workers, tracker)
     elif system in ("ffcv", "ffcv-channels-last"):
