@@ -313,10 +313,10 @@ def test_whole_batch_inputs_are_dense_named_arrays(dataset):
     """One (B, ...) array per input, whatever the batch size: what feed_input hands DALI."""
     loader = pipeline.build_loader(dataset, "train", batch_size=5, crop=24, device="cpu")
     idx, arrays = loader.inputs(0, 1)
-    assert sorted(arrays) == ["crop_x", "crop_y", "labels", "mirror", "shift"]
+    assert sorted(arrays) == ["crop_x", "crop_y", "flip", "labels", "shift"]
     shapes = {k: (v.shape, v.dtype, v.flags.c_contiguous) for k, v in arrays.items()}
     assert shapes == {"labels": ((5,), np.int32, True), "crop_x": ((5,), np.float32, True),
-                      "crop_y": ((5,), np.float32, True), "mirror": ((5,), np.int32, True),
+                      "crop_y": ((5,), np.float32, True), "flip": ((5,), np.int32, True),
                       "shift": ((5, 3), np.float32, True)}
     _, d = loader.plan(0)
     np.testing.assert_allclose(arrays["crop_x"], d.crop_x[idx] / 8)  # fractions of 32 - 24
@@ -357,7 +357,7 @@ def test_clean_shutdown(dataset, when):
 
 def test_lighting_shift_hand_computed_both_forms():
     """eigval in pixel^2 units; eigvec the identity, so shift_c = alpha_c * scale_c by hand."""
-    from pipeline.load.sampler import lighting_shift
+    from pipeline.load.augment import lighting_shift
     alpha = np.array([[0.1, -0.2, 0.3]])
     eigval, eigvec = np.array([400.0, 100.0, 25.0]), np.eye(3)
     np.testing.assert_allclose(lighting_shift(alpha, eigval, eigvec, "code"),

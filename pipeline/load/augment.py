@@ -1,14 +1,14 @@
 """The augmentation graph as plain DALI functions (paper section 4.1), CPU and GPU alike.
 
-Every random decision arrives as a per-sample input (crop positions, mirror bit, the lighting
-shift folded into ``mean``), drawn by pipeline/sampler.py, so a NumPy reference fed the same
+Every random decision arrives as a per-sample input (crop positions, flip bit, the lighting
+shift folded into ``mean``), drawn by pipeline/load/sampler.py, so a NumPy reference fed the same
 decisions reproduces the output exactly. Per sample, in pixel units 0..255:
 
     out = flip?(crop(image + shift)) - flip?(crop(mean_image))        mean="pixel"
     out = (flip?(crop(image)) + shift - channel_mean) / channel_std    mean="channel"
     out = flip?(crop(image)) + shift                                   mean="none"
 
-where shift = eigvec @ (alpha * s) is the same RGB value for every pixel (sampler.lighting_shift:
+where shift = eigvec @ (alpha * s) is the same RGB value for every pixel (lighting_shift below:
 s = sqrt(eigval), or eigval / 255 for the paper's form; zero for val). No clipping after it.
 
 The mean image is subtracted at full size, before the crop (one arithmetic op, then one
@@ -19,11 +19,12 @@ Ten-crop subtracts it once for its ten windows.
 """
 from __future__ import annotations
 
+import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 
 
-def crop_normalize(images, crop: int, crop_x, crop_y, mirror, mean, std, mean_image, out_type,
+def crop_normalize(images, crop: int, crop_x, crop_y, flip, mean, std, mean_image, out_type,
                    layout: str):
     """One crop window per sample. ``crop_x``/``crop_y`` (crop positions) are fractions of
     (size - crop), as crop_mirror_normalize takes them; ``mean``/``std`` per-sample or constant
@@ -32,13 +33,13 @@ def crop_normalize(images, crop: int, crop_x, crop_y, mirror, mean, std, mean_im
         images = images - mean_image  # float32, full size (uint8 - float)
     # out_type FLOAT or FLOAT16, written by the op itself (computed in float, rounded once)
     return fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=out_type, crop=(crop, crop),
-                                    crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror,
+                                    crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=flip,
                                     output_layout=layout)
 
 
 def ten_crop(images, crop: int, windows, mean, std, mean_image, out_type, layout: str):
     """The paper's test: the 4 corners and the centre, and their mirrors, stacked per sample:
-    (10, C, crop, crop) for layout CHW. ``windows`` holds (fx, fy, mirror) constants."""
+    (10, C, crop, crop) for layout CHW. ``windows`` holds (fx, fy, flip) constants."""
     if mean_image is not None:
         images = images - mean_image  # once for the ten windows
     crops = [crop_normalize(images, crop, fx, fy, int(m), mean, std, None, out_type, layout)
@@ -50,3 +51,30 @@ def decode(encoded, device: str):
     """JPEG payloads -> uint8 HWC RGB; on the GPU with nvJPEG (``mixed``: host parse, GPU decode)."""
     return fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu",
                              output_type=types.RGB)
+
+
+# -- the numbers the graph is fed (numpy; the random draws are sampler.py's) --------------------
+
+def lighting_shift(alpha: np.ndarray, eigval: np.ndarray, eigvec: np.ndarray, form: str) -> np.ndarray:
+    """The PCA lighting shift (N, 3): one RGB value added to every pixel of each image, in pixel
+    units 0..255 (paper section 4.1). ``eigval`` is in pixel^2 units (stats.npz).
+
+    ``form="code"``: eigvec @ (alpha * sqrt(eigval)), the 2012 source code's scale (default,
+    ~12 grey levels on ImageNet with alpha ~ N(0, 0.1));
+    ``form="paper"``: eigvec @ (alpha * eigval / 255): the paper writes lambda for pixels in
+    [0, 1], which is eigval / 255^2 in those units, times 255 back to pixel units (~5 levels)."""
+    if form == "code":
+        scale = np.sqrt(np.maximum(eigval, 0.0))
+    elif form == "paper":
+        scale = eigval / 255.0
+    else:
+        raise ValueError(f"lighting_form must be 'code' or 'paper', got {form!r}")
+    return (alpha * scale) @ eigvec.T
+
+
+def ten_crop_windows(size: int, crop: int) -> list[tuple[int, int, bool]]:
+    """(x, y, flip) of the paper's test crops, positions in pixels: four corners, centre, then
+    their mirrors."""
+    c, e = (size - crop) // 2, size - crop
+    base = [(0, 0), (e, 0), (0, e), (e, e), (c, c)]
+    return [(x, y, False) for x, y in base] + [(x, y, True) for x, y in base]

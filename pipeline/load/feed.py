@@ -1,5 +1,7 @@
 """One DALI pipeline fed batch by batch, for a loader's whole life.
 
+    feed.start(key)         iterate from ``key``: batches run ahead for another position are dropped
+    feed.fill()             keep ``prefetch`` batches running in DALI and one more gathering
     feed.put(key, idx, arrays)  start gathering a batch (worker threads) with its per-batch arrays
     feed.schedule()         hand the oldest gathered batch to DALI (feed_input) and run it
     feed.get(stream)        (key, outputs) of the oldest running batch, bound to ``stream`` (CUDA)
@@ -8,9 +10,11 @@
     feed.close()            drain, stop the threads, destroy the pipeline (idempotent)
 
 Epochs only change what is put; the graph is built once. DALI's own prefetch queue is one deep:
-the loader keeps its look-ahead by scheduling several runs, each tagged with its ``key``
+the feed keeps the look-ahead by scheduling several runs, each tagged with its ``key``
 (epoch, step), so it knows exactly which batches are in flight: it goes on into the next epoch
-at an epoch's end and drops those batches only if the next iteration starts elsewhere.
+at an epoch's end and drops those batches only if the next iteration starts elsewhere. The feed
+owns this run-ahead (its cursor and queues); the loader gives it the order of the keys
+(``after``) and what each key feeds (``inputs``).
 """
 from __future__ import annotations
 
@@ -22,8 +26,10 @@ from .gather import Gatherer
 
 
 class Feed:
-    def __init__(self, pipe, gatherer: Gatherer):
+    def __init__(self, pipe, gatherer: Gatherer, inputs, after, prefetch: int):
         self.pipe, self.gatherer = pipe, gatherer
+        self.inputs, self.after, self.prefetch = inputs, after, prefetch  # key -> (idx, arrays); key -> next key
+        self.cursor = None  # the next key to put
         self.gathering = deque()  # (key, Batch, arrays): gathered or being gathered, not yet fed
         self.running = deque()    # (key, Batch): fed to DALI, outputs not yet taken
         self.taken = deque()      # Batch: outputs taken, the consumer not yet done with them
@@ -40,6 +46,20 @@ class Feed:
     def tail(self):
         """The key of the newest batch in flight, None when idle."""
         return self.gathering[-1][0] if self.gathering else self.running[-1][0] if self.running else None
+
+    def start(self, key) -> None:
+        """An iteration begins at ``key``: what runs ahead for it is kept, anything else dropped."""
+        if self.head() not in (None, key):
+            self.drain()  # batches ahead for another position: set_epoch, load_state_dict
+        self.cursor = self.after(self.tail()) if self.tail() else key
+
+    def fill(self) -> None:
+        """Keep ``prefetch`` batches running in DALI and one more gathering."""
+        while self.in_flight <= self.prefetch:
+            self.put(self.cursor, *self.inputs(*self.cursor))
+            self.cursor = self.after(self.cursor)
+        while self.gathering and len(self.running) < self.prefetch:
+            self.schedule()
 
     def put(self, key, idx, arrays: dict) -> None:
         self.gathering.append((key, self.gatherer.submit(idx), arrays))

@@ -6,7 +6,7 @@ per batch, never a per-sample tuple):
     images    uint8 (B, S, S, 3) raw (read in place: no_copy), or B JPEG byte arrays
     labels    int32 (B,)
     crop_x/y  float32 (B,): crop positions as fractions of (S - crop), crop_mirror_normalize's unit
-    mirror    int32 (B,)
+    flip      int32 (B,)
     shift     float32 (B, 3): per-channel mean minus the PCA lighting shift, pixel units
 
 ``device`` is "cpu" or "gpu": the same graph either way, the inputs moved to the GPU first.
@@ -17,11 +17,14 @@ both on ``device``. One pipeline serves a loader for its whole life. ``images_in
 """
 from __future__ import annotations
 
+import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
+import torch
 from nvidia.dali import pipeline_def
 
 from . import augment
+from .augment import ten_crop_windows
 
 
 def images_input(device: str, encoding: str):
@@ -48,9 +51,9 @@ def train_pipeline(*, device, encoding, crop, std, mean_image, out_type, layout)
     images, labels = images_input(device, encoding), labels_input(device)
     crop_x = fn.external_source(name="crop_x", dtype=types.FLOAT)
     crop_y = fn.external_source(name="crop_y", dtype=types.FLOAT)
-    mirror = fn.external_source(name="mirror", dtype=types.INT32)
+    flip = fn.external_source(name="flip", dtype=types.INT32)
     shift = fn.external_source(name="shift", dtype=types.FLOAT)
-    out = augment.crop_normalize(images, crop, crop_x, crop_y, mirror, shift, std,
+    out = augment.crop_normalize(images, crop, crop_x, crop_y, flip, shift, std,
                                  _mean_image(mean_image, device), out_type, layout)
     return out, labels
 
@@ -70,3 +73,37 @@ def ten_crop_pipeline(*, device, encoding, crop, windows, mean, std, mean_image,
     out = augment.ten_crop(images, crop, windows, mean, std, _mean_image(mean_image, device),
                            out_type, layout)
     return out, labels
+
+
+def build(loader):
+    """The one graph a loader runs (built): its own ``graph`` if it has one, else train, val or
+    ten-crop with the loader's crop, mean, layout and output dtype, on its device."""
+    dev = "gpu" if loader.device.type == "cuda" else "cpu"
+    kw = dict(batch_size=loader.sampler.batch_size, num_threads=loader.num_threads,
+              device_id=loader.device.index if dev == "gpu" else None, prefetch_queue_depth=1,
+              exec_dynamic=True, device=dev)  # no seed: every random decision is fed
+    if loader.graph is not None:
+        pipe = loader.graph(**kw)
+        pipe.build()
+        return pipe
+    size, crop, stats = loader.size, loader.crop, loader.stats
+    # fp16 straight from DALI's last op; bf16 (DALI has none) is cast by torch
+    out_type = types.FLOAT16 if loader.dtype == torch.float16 else types.FLOAT
+    std = (stats["channel_std"] if loader.mean == "channel" else np.ones(3)).astype(np.float32).tolist()
+    mean_image = stats["mean_image"] if loader.mean == "pixel" else None
+    common = dict(kw, encoding=loader.data.encoding, crop=crop, std=std, mean_image=mean_image,
+                  out_type=out_type, layout="HWC" if loader.channels_last else "CHW")
+    base = stats["channel_mean"] if loader.mean == "channel" else np.zeros(3)
+    mean = base.astype(np.float32).tolist()
+    room = size - crop
+    if loader.ten_crop:
+        windows = [(x / room if room else 0.0, y / room if room else 0.0, int(m))
+                   for x, y, m in ten_crop_windows(size, crop)]
+        pipe = ten_crop_pipeline(windows=windows, mean=mean, **common)
+    elif loader.train:
+        pipe = train_pipeline(**common)
+    else:
+        c = (room // 2) / room if room else 0.0
+        pipe = val_pipeline(window=(c, c), mean=mean, **common)
+    pipe.build()
+    return pipe

@@ -32,7 +32,6 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import nvidia.dali.types as types
 
 from ..device import DeviceError, check_driver, resolve_device
 from ..errors import UsageError
@@ -40,7 +39,8 @@ from . import graphs
 from .dataset import open_dataset
 from .feed import Feed
 from .gather import Gatherer
-from .sampler import Sampler, decisions, lighting_shift, ten_crop_windows
+from .augment import lighting_shift
+from .sampler import Sampler, decisions
 
 MEANS = ("pixel", "channel", "none")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -144,7 +144,7 @@ class Loader:
             room = self.size - self.crop
             arrays["crop_x"] = (d.crop_x[idx] / max(room, 1)).astype(np.float32)
             arrays["crop_y"] = (d.crop_y[idx] / max(room, 1)).astype(np.float32)
-            arrays["mirror"] = d.flip[idx].astype(np.int32)
+            arrays["flip"] = d.flip[idx].astype(np.int32)
             light = self.shifts(epoch, idx) if self.lighting > 0 else 0.0
             # crop_mirror_normalize subtracts its mean: base mean minus the shift adds the shift
             shift = np.empty((len(idx), 3), np.float32)  # dense: DALI takes no strided input
@@ -158,13 +158,11 @@ class Loader:
         dali_steps = self._dali_steps()
         if start < dali_steps:
             feed = self._get_feed()
-            if feed.head() not in (None, (epoch, start)):
-                feed.drain()  # batches ahead for another position: set_epoch, load_state_dict
-            cursor = self._after(feed.tail()) if feed.tail() else (epoch, start)
+            feed.start((epoch, start))  # drops batches run ahead for another position
             completed = False
             try:
                 for step in range(start, dali_steps):
-                    cursor = self._fill(feed, cursor)
+                    feed.fill()
                     key, outputs = feed.get(self._stream())
                     if key != (epoch, step):
                         raise RuntimeError(f"loader: DALI returned batch {key}, expected {(epoch, step)}")
@@ -172,7 +170,7 @@ class Loader:
                     feed.done(event, outputs)  # the batch's buffer is free once DALI has read it
                     # Gathered and run while this batch is used; at the epoch's end this goes on
                     # with the next epoch's first batches, so its start waits for none.
-                    cursor = self._fill(feed, cursor)
+                    feed.fill()
                     batch = self._finish(images, labels)
                     self._advance(epoch, step, steps)
                     yield batch
@@ -186,16 +184,6 @@ class Loader:
         if steps == 0:
             self.epoch, self.step = epoch + 1, 0
 
-    def _fill(self, feed: Feed, cursor):
-        """Keep ``prefetch`` batches running in DALI and one more gathering; returns the next
-        (epoch, step) to put."""
-        while feed.in_flight <= self.prefetch:
-            feed.put(cursor, *self.inputs(*cursor))
-            cursor = self._after(cursor)
-        while feed.gathering and len(feed.running) < self.prefetch:
-            feed.schedule()
-        return cursor
-
     def _dali_steps(self) -> int:
         """Steps with a non-empty batch on this rank (the same in every epoch), computed once."""
         if self._steps_with_data is None:
@@ -206,6 +194,7 @@ class Loader:
         return self._steps_with_data
 
     def _after(self, key):
+        """The (epoch, step) after ``key`` among the steps DALI runs: the feed's run-ahead order."""
         epoch, step = key
         return (epoch, step + 1) if step + 1 < self._dali_steps() else (epoch + 1, 0)
 
@@ -238,42 +227,14 @@ class Loader:
             # copy torch's stream has not yet made (its slot comes back when its event completes)
             gatherer = Gatherer(self.data, self.sampler.batch_size, self.num_threads,
                                 slots=self.prefetch + 1 + cuda, pinned=cuda)
-            self._feed = Feed(pipe, gatherer)
+            self._feed = Feed(pipe, gatherer, inputs=self.inputs, after=self._after,
+                              prefetch=self.prefetch)
             # The finalizer holds the feed, never the loader: runs at collection or at exit.
             self._finalizer = weakref.finalize(self, self._feed.close)
         return self._feed
 
     def _pipeline(self):
-        dev = "gpu" if self.device.type == "cuda" else "cpu"
-        size, crop = self.size, self.crop
-        kw = dict(batch_size=self.sampler.batch_size, num_threads=self.num_threads,
-                  device_id=self.device.index if dev == "gpu" else None, prefetch_queue_depth=1,
-                  exec_dynamic=True, device=dev)  # no seed: every random decision is fed
-        if not self.augment:
-            pipe = self.graph(**kw)
-        else:
-            # fp16 straight from DALI's last op; bf16 (DALI has none) is cast by torch
-            out_type = types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
-            std = (self.stats["channel_std"] if self.mean == "channel" else np.ones(3)).astype(np.float32).tolist()
-            mean_image = self.stats["mean_image"] if self.mean == "pixel" else None
-            common = dict(kw, encoding=self.data.encoding, crop=crop, std=std, mean_image=mean_image,
-                          out_type=out_type)
-            mean = self._base_mean().astype(np.float32).tolist()
-            room = size - crop
-            if self.ten_crop:
-                windows = [(x / room if room else 0.0, y / room if room else 0.0, int(m))
-                           for x, y, m in ten_crop_windows(size, crop)]
-                pipe = graphs.ten_crop_pipeline(windows=windows, mean=mean,
-                                                layout="HWC" if self.channels_last else "CHW", **common)
-            else:
-                layout = "HWC" if self.channels_last else "CHW"
-                if self.train:
-                    pipe = graphs.train_pipeline(layout=layout, **common)
-                else:
-                    c = (room // 2) / room if room else 0.0
-                    pipe = graphs.val_pipeline(window=(c, c), mean=mean, layout=layout, **common)
-        pipe.build()
-        return pipe
+        return graphs.build(self)
 
     def _stream(self):
         """The stream DALI's outputs are bound to: torch's current one on CUDA (no host sync),

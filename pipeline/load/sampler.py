@@ -68,31 +68,6 @@ def decisions(n: int, seed: int, epoch: int, size: int, crop: int, flip: bool, l
     rng = np.random.default_rng([seed, epoch, _DECISIONS])
     crop_x = rng.integers(0, size - crop + 1, n)
     crop_y = rng.integers(0, size - crop + 1, n)
-    mirror = rng.random(n) < 0.5
+    heads = rng.random(n) < 0.5
     alpha = rng.normal(0.0, 1.0, (n, 3)) * lighting  # drawn even when lighting=0: same stream
-    return Decisions(crop_x, crop_y, mirror & flip, alpha)
-
-
-def lighting_shift(alpha: np.ndarray, eigval: np.ndarray, eigvec: np.ndarray, form: str) -> np.ndarray:
-    """The PCA lighting shift (N, 3): one RGB value added to every pixel of each image, in pixel
-    units 0..255 (paper section 4.1). ``eigval`` is in pixel^2 units (stats.npz).
-
-    ``form="code"``: eigvec @ (alpha * sqrt(eigval)), the 2012 source code's scale (default,
-    ~12 grey levels on ImageNet with alpha ~ N(0, 0.1));
-    ``form="paper"``: eigvec @ (alpha * eigval / 255): the paper writes lambda for pixels in
-    [0, 1], which is eigval / 255^2 in those units, times 255 back to pixel units (~5 levels)."""
-    if form == "code":
-        scale = np.sqrt(np.maximum(eigval, 0.0))
-    elif form == "paper":
-        scale = eigval / 255.0
-    else:
-        raise ValueError(f"lighting_form must be 'code' or 'paper', got {form!r}")
-    return (alpha * scale) @ eigvec.T
-
-
-def ten_crop_windows(size: int, crop: int) -> list[tuple[int, int, bool]]:
-    """(x, y, mirror) of the paper's test crops, positions in pixels: four corners, centre, then
-    their mirrors."""
-    c, e = (size - crop) // 2, size - crop
-    base = [(0, 0), (e, 0), (0, e), (e, e), (c, c)]
-    return [(x, y, False) for x, y in base] + [(x, y, True) for x, y in base]
+    return Decisions(crop_x, crop_y, heads & flip, alpha)

@@ -104,7 +104,7 @@ class AlexNet(nn.Module):
         convs = list(spec["convs"])
         if spec is PAPER and crop == 227:
             convs[0] = Conv(96, 11, 4, 0, True, True, True, False)  # 227 needs no padding for 55x55
-        self.group, self.mp, self.rank = mp_group, mp_size, mp_rank
+        self.group, self.mp_size, self.mp_rank = mp_group, mp_size, mp_rank
         self.specs = convs
         side = _feature_size(convs, crop)
         if side < 1:
@@ -139,13 +139,13 @@ class AlexNet(nn.Module):
         fc8 = layers[-1]
         for layer, one, std in zip(layers, self.bias_one, stds, strict=True):
             full = list(layer.weight.shape)
-            full[0] = sum(self.class_sizes) if layer is fc8 else full[0] * self.mp
+            full[0] = sum(self.class_sizes) if layer is fc8 else full[0] * self.mp_size
             w = torch.randn(full, generator=generator) * std
-            layer.weight.copy_(w.tensor_split(self.mp, dim=0)[self.rank])
+            layer.weight.copy_(w.tensor_split(self.mp_size, dim=0)[self.mp_rank])
             layer.bias.fill_(bias_init if one else 0.0)
 
     def _lrn(self, x):
-        towers = x.chunk(TOWERS // self.mp, dim=1)  # normalise within a tower only
+        towers = x.chunk(TOWERS // self.mp_size, dim=1)  # normalise within a tower only
         out = torch.cat([F.local_response_norm(t, **LRN) for t in towers], dim=1)
         # torch's LRN returns NCHW whatever its input: give the next conv the layout it was given
         # (one copy here, where the conv would otherwise convert or take a slower NCHW kernel)
