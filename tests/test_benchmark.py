@@ -36,11 +36,9 @@ def test_prepare_quick(tree, tmp_path):
         assert row["bench"] == "prepare" and row["n_images"] == n_inputs
         assert row["workers"] == 1 and row["repeats"] == 1
         assert row["images_per_s"] > 0 and row["median_s"] > 0
-        assert row["images_per_s_per_core"] == row["images_per_s"]  # one worker
         assert 1 <= row["subset_images"] < n_inputs
         assert row["device"]["cpu_count"] >= 1 and row["versions"]["numpy"]
     assert 30 < rows["ours"]["psnr_min_db"] <= rows["ours"]["psnr_mean_db"]
-    assert rows["preprocess"]["psnr_min_db"] == rows["ours"]["psnr_min_db"]  # the same function
     assert "ours / decode-only, marginal per CPU second" in proc.stdout or \
         rows["ours"]["marginal_images_per_cpu_s"] is None  # timer noise on a tiny quick run
     projection = rows["ours"]["config"]["projection"]
@@ -168,7 +166,6 @@ def test_train_quick(tmp_path):
     # --quick: 12 steps logged every 2 = 6 windows, the first (warm-up) left out
     assert len(e2e["windows_images_per_s"]) == 5
     assert e2e["images_per_s"] in e2e["windows_images_per_s"]  # the median of an odd count is one
-    assert e2e["model_only_images_per_s"] == alone["images_per_s"]
     assert e2e["saturation"] > 0 and alone["repeats"] == 1 and alone["steps"] >= 2
     assert e2e["config"]["trainer"]["eval_every"] == 0 and e2e["config"]["trainer"]["mp"] == 1
 

@@ -23,8 +23,14 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 def test_config_parses_and_says_what_it_reproduces(path):
     cfg = make_config(str(path), data="x")
     assert cfg.model
-    head = path.read_text().splitlines()[0]
-    assert head.startswith("#") and len(head) > 20  # a comment naming what it reproduces
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("#")
+    # the header a person reads and the recipe block tests/README read name the same work: at
+    # least half of the block's words (4+ letters) appear in the header's first two lines
+    head = set(re.findall(r"[a-z0-9]+", " ".join(lines[:2]).lower()))
+    words = {w for w in re.findall(r"[a-z0-9]+", recipe(path)["reproduces"].lower()) if len(w) >= 4} - \
+        {"with", "nothing", "that", "this", "from"}
+    assert words and len(words & head) >= len(words) / 2, (sorted(words - head), lines[0])
 
 
 EPOCH_METRICS = {"val_top1", "val_top5", "val_top1_10crop"}  # metrics.jsonl epoch keys with a reference
