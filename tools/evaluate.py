@@ -59,7 +59,7 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
                  **({"precision": precision} if precision else {})}
     cfg = make_config(None, **{**state["config"], **overrides})  # the checkpoint's layout is mp=1
 
-    d = init_distributed(1, cfg.device)
+    mesh = init_distributed(1, cfg.device)
     try:
         ds = open_dataset(cfg.data)
         if split not in ds:
@@ -70,17 +70,17 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
         except RuntimeError as e:
             raise UsageError(f"{checkpoint} does not fit {cfg.model} on {ds.root} "
                              f"({len(ds.classes)} classes, crop {cfg.crop}): {e}") from None
-        model = model.to(d.device, memory_format=torch.channels_last if cfg.channels_last
+        model = model.to(mesh.device, memory_format=torch.channels_last if cfg.channels_last
                          else torch.preserve_format)
-        amp = partial(autocast, d.device.type, cfg.precision)
+        amp = partial(autocast, mesh.device.type, cfg.precision)
         results = {"checkpoint": str(checkpoint), "step": state.get("step"), "data": str(ds.root),
                    "split": split, "images": len(ds[split])}
         # the inputs the trainer's evaluation saw: the same loaders from the same config
-        loaders = val_loaders(cfg, d, split, batch_size, one_crop=one_crop, ten_crop=ten_crop)
+        loaders = val_loaders(cfg, mesh, split, batch_size, one_crop=one_crop, ten_crop=ten_crop)
         for kind, key in (("one_crop", "one"), ("ten_crop", "ten")):
             if key in loaders:
-                results[kind] = evaluate(model, loaders[key], d, amp, key == "ten", len(ds[split]))
-        if d.is_main:
+                results[kind] = evaluate(model, loaders[key], mesh, amp, key == "ten", len(ds[split]))
+        if mesh.is_main:
             for kind in ("one_crop", "ten_crop"):
                 if kind in results:
                     r = results[kind]

@@ -48,22 +48,22 @@ def _gather_dim0(t: torch.Tensor, group, size: int) -> torch.Tensor:
     return all_gather_uneven(t.detach(), group, [int(n) for n in lengths], 0).cpu()
 
 
-def full_state(model, optimizer, d) -> tuple[dict, dict]:
+def full_state(model, optimizer, mesh) -> tuple[dict, dict]:
     """(model state, momentum buffers by name), both in the mp=1 layout (collective over mp)."""
     model_state, momentum = {}, {}
     for name, p in model.named_parameters():
-        model_state[name] = _gather_dim0(p, d.mp_group, d.mp_size)
+        model_state[name] = _gather_dim0(p, mesh.mp_group, mesh.mp_size)
         buf = optimizer.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
-            momentum[name] = _gather_dim0(buf, d.mp_group, d.mp_size)
+            momentum[name] = _gather_dim0(buf, mesh.mp_group, mesh.mp_size)
     for name, b in model.named_buffers():  # e.g. BatchNorm statistics (mp=1 models only)
         model_state[name] = b.detach().cpu().clone()
     return model_state, momentum
 
 
-def load_full_state(model, optimizer, model_state: dict, momentum: dict, d) -> None:
+def load_full_state(model, optimizer, model_state: dict, momentum: dict, mesh) -> None:
     def own_half(t: torch.Tensor) -> torch.Tensor:
-        return t.tensor_split(d.mp_size, dim=0)[d.mp_rank]  # the models' split rule
+        return t.tensor_split(mesh.mp_size, dim=0)[mesh.mp_rank]  # the models' split rule
 
     params = dict(model.named_parameters())
     model.load_state_dict({name: own_half(t) if name in params else t for name, t in model_state.items()})
@@ -72,24 +72,24 @@ def load_full_state(model, optimizer, model_state: dict, momentum: dict, d) -> N
             optimizer.state[p]["momentum_buffer"] = own_half(momentum[name]).to(p.device).clone()
 
 
-def gather_rng(d) -> list:
+def gather_rng(mesh) -> list:
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and d.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(d.device)
-    if d.world == 1:
+    if torch.cuda.is_available() and mesh.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(mesh.device)
+    if mesh.world == 1:
         return [state]
-    states = [None] * d.world
+    states = [None] * mesh.world
     dist.all_gather_object(states, state)
     return states
 
 
-def restore_rng(states: list, d) -> bool:
+def restore_rng(states: list, mesh) -> bool:
     """Restore this rank's RNG when the world size matches (else dropout masks differ: logged)."""
-    if len(states) != d.world:
+    if len(states) != mesh.world:
         return False
-    torch.set_rng_state(states[d.rank]["torch"])
-    if "cuda" in states[d.rank] and d.device.type == "cuda":
-        torch.cuda.set_rng_state(states[d.rank]["cuda"], d.device)
+    torch.set_rng_state(states[mesh.rank]["torch"])
+    if "cuda" in states[mesh.rank] and mesh.device.type == "cuda":
+        torch.cuda.set_rng_state(states[mesh.rank]["cuda"], mesh.device)
     return True
 
 
@@ -109,38 +109,38 @@ class ResumeError(ValueError):
     prints it as one line)."""
 
 
-def broadcast_object(obj, src: int, d):
+def broadcast_object(obj, src: int, mesh):
     """``obj`` from global rank ``src`` on every rank (pickled; tensors come back on the CPU)."""
-    if d.world == 1:
+    if mesh.world == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src, device=d.device if d.device.type == "cuda" else None)
+    dist.broadcast_object_list(box, src=src, device=mesh.device if mesh.device.type == "cuda" else None)
     return box[0]
 
 
-def is_writer(ckpt_dir: Path, d) -> bool:
+def is_writer(ckpt_dir: Path, mesh) -> bool:
     """Collective: whether this rank writes checkpoints. Rank 0 leaves a probe file in its
     checkpoint directory; the first rank of each node (LOCAL_RANK 0) that does not see it has a
     run directory of its own (node-local storage) and writes there too."""
-    if d.rank == 0:
+    if mesh.rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if d.world == 1:
+    if mesh.world == 1:
         return True
-    token = broadcast_object(uuid.uuid4().hex if d.rank == 0 else None, 0, d)
+    token = broadcast_object(uuid.uuid4().hex if mesh.rank == 0 else None, 0, mesh)
     probe = ckpt_dir / f".probe-{token}"
-    if d.rank == 0:
+    if mesh.rank == 0:
         probe.write_bytes(b"")
     dist.barrier()
-    mine = d.rank == 0 or (d.local_rank == 0 and not probe.exists())
+    mine = mesh.rank == 0 or (mesh.local_rank == 0 and not probe.exists())
     dist.barrier()
-    if d.rank == 0:
+    if mesh.rank == 0:
         probe.unlink()
-    if mine and d.rank:
+    if mine and mesh.rank:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     return mine
 
 
-def resume_state(ckpt_dir: Path, d) -> dict | None:
+def resume_state(ckpt_dir: Path, mesh) -> dict | None:
     """Collective: the state every rank resumes from, or None for a fresh start.
 
     Each rank reports the run id and step of the latest.pt it sees (read memory-mapped: only the
@@ -154,8 +154,8 @@ def resume_state(ckpt_dir: Path, d) -> dict | None:
                 "where": f"{socket.gethostname()}:{path.resolve()}"}
         del head
     views = [seen]
-    if d.world > 1:
-        views = [None] * d.world
+    if mesh.world > 1:
+        views = [None] * mesh.world
         dist.all_gather_object(views, seen)
     holders = [(r, v) for r, v in enumerate(views) if v is not None]
     if not holders:
@@ -167,15 +167,15 @@ def resume_state(ckpt_dir: Path, d) -> dict | None:
         raise ResumeError(f"the ranks see checkpoints of different runs, refusing to guess which to "
                           f"resume: {listing}. Remove the one that does not belong to this job.")
     src, newest = max(holders, key=lambda h: (h[1]["step"], -h[0]))
-    state = torch.load(path, map_location="cpu", weights_only=False) if d.rank == src else None
-    state = broadcast_object(state, src, d)
+    state = torch.load(path, map_location="cpu", weights_only=False) if mesh.rank == src else None
+    state = broadcast_object(state, src, mesh)
     state["resumed_from"] = newest["where"]
     return state
 
 
-def new_run_id(d) -> str:
+def new_run_id(mesh) -> str:
     """One id per run, the same on every rank; kept in every checkpoint of the run."""
-    return broadcast_object(uuid.uuid4().hex if d.rank == 0 else None, 0, d)
+    return broadcast_object(uuid.uuid4().hex if mesh.rank == 0 else None, 0, mesh)
 
 
 EPOCH_FILE = re.compile(r"epoch(\d+)\.pt$")
@@ -194,18 +194,18 @@ def prune(ckpt_dir: Path, keep_last: int, keep_epochs: list[int], best_epoch: in
     return gone
 
 
-def capture(model, optimizer, scaler, d, **fields) -> dict:
+def capture(model, optimizer, scaler, mesh, **fields) -> dict:
     """Collective (mp gathers, RNG over the world): the checkpoint dict, on every rank; ``fields``
     are the rest (schedule, data, sums, best, step, config, run_id, dataset)."""
-    model_state, momentum = full_state(model, optimizer, d)
-    return dict(model=model_state, momentum=momentum, rng=gather_rng(d),
+    model_state, momentum = full_state(model, optimizer, mesh)
+    return dict(model=model_state, momentum=momentum, rng=gather_rng(mesh),
                 scaler=scaler.state_dict() if scaler is not None else None, **fields)
 
 
-def restore(state: dict, model, optimizer, scaler, d) -> bool:
+def restore(state: dict, model, optimizer, scaler, mesh) -> bool:
     """Model, momentum, GradScaler and RNG from ``state`` (as broadcast by resume_state). Returns
     False when the world size changed and this rank's RNG could not be restored."""
-    load_full_state(model, optimizer, state["model"], state["momentum"], d)
+    load_full_state(model, optimizer, state["model"], state["momentum"], mesh)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    return restore_rng(state["rng"], d)
+    return restore_rng(state["rng"], mesh)

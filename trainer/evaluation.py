@@ -20,19 +20,19 @@ class EvaluationError(RuntimeError):
     """An evaluation that did not see every sample of its split exactly once."""
 
 
-def loader_args(cfg, d) -> dict:
+def loader_args(cfg, mesh) -> dict:
     """The loader arguments a config implies on this rank (train and val alike): the batches
     arrive on the run's device, in its precision and layout (cast by the loader's last op)."""
-    return dict(crop=cfg.crop, device=d.device, dp_rank=d.dp_rank, dp_size=d.dp_size, seed=cfg.seed,
+    return dict(crop=cfg.crop, device=mesh.device, dp_rank=mesh.dp_rank, dp_size=mesh.dp_size, seed=cfg.seed,
                 mean=cfg.mean, channels_last=cfg.channels_last, dtype=input_dtype(cfg.precision),
                 num_threads=cfg.loader_threads or default_threads()[0])
 
 
-def val_loaders(cfg, d, split: str, batch_size: int, one_crop: bool, ten_crop: bool) -> dict:
+def val_loaders(cfg, mesh, split: str, batch_size: int, one_crop: bool, ten_crop: bool) -> dict:
     """{"one": centre-crop loader, "ten": ten-crop loader} as asked, their DALI graphs built now:
     before training allocates its memory, not at the first evaluation. Ten-crop batches hold a
     tenth of ``batch_size`` images (ten crops each)."""
-    common = loader_args(cfg, d)
+    common = loader_args(cfg, mesh)
     loaders = {}
     if one_crop:
         loaders["one"] = pipeline.build_loader(cfg.data, split, batch_size=batch_size, **common)
@@ -44,12 +44,12 @@ def val_loaders(cfg, d, split: str, batch_size: int, one_crop: bool, ten_crop: b
     return loaders
 
 
-def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:
+def evaluate(model, loader, mesh, amp, ten_crop: bool, n_expected: int) -> dict:
     """Top-1/top-5 and loss over the whole split: sums and counts reduced over dp, never means.
     Ten-crop averages the softmax over the 10 patches (paper section 4.1)."""
-    loader = with_progress(loader, d.is_main, "eval ten-crop" if ten_crop else "eval one-crop")
+    loader = with_progress(loader, mesh.is_main, "eval ten-crop" if ten_crop else "eval one-crop")
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=d.device)  # loss, top1, top5, count
+    sums = torch.zeros(4, dtype=torch.float64, device=mesh.device)  # loss, top1, top5, count
     count = 0  # on the host: a batch's size is its shape, no device read
     with torch.no_grad(), amp():
         for images, labels in loader:
@@ -68,7 +68,7 @@ def evaluate(model, loader, d, amp, ten_crop: bool, n_expected: int) -> dict:
             sums[:3] += torch.stack([loss.double(), hit[:, 0].sum().double(), hit.any(1).sum().double()])
             count += len(labels)
     sums[3] = count  # a fill on the device, not a copy from the host
-    all_reduce_sum(sums, d.dp_group)
+    all_reduce_sum(sums, mesh.dp_group)
     model.train()
     loss, top1, top5, count = sums.tolist()
     if int(count) != n_expected:

@@ -53,7 +53,7 @@ class TrainingError(RuntimeError):
 class Job:
     """What a run is made of, fixed once built: the loop's helpers take this, not a dozen arguments."""
     cfg: object
-    d: object  # trainer.parallel.Dist
+    mesh: object  # trainer.parallel.Dist
     out: Path
     model: torch.nn.Module  # the unwrapped module (checkpoints, evaluation)
     optimizer: torch.optim.Optimizer
@@ -88,25 +88,25 @@ def main(config: str | None = None, **overrides):
     """
     cfg = make_config(config, **overrides)
     out = Path(cfg.out)
-    d = init_distributed(cfg.mp, cfg.device)
+    mesh = init_distributed(cfg.mp, cfg.device)
     if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) and \
             os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        log(d, "note: torchrun restarts reuse one rendezvous store and can fail on stale peer "
+        log(mesh, "note: torchrun restarts reuse one rendezvous store and can fail on stale peer "
                "addresses (pytorch/pytorch#135712); launch with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
     try:
-        train(cfg, out, d)
+        train(cfg, out, mesh)
     finally:
         cleanup()
 
 
-def train(cfg, out: Path, d):
+def train(cfg, out: Path, mesh):
     # -- data ------------------------------------------------------------------------------------
     ds = pipeline.open_dataset(cfg.data)
-    if cfg.batch_size % d.dp_size:
+    if cfg.batch_size % mesh.dp_size:
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
-                          f"{d.dp_size} data-parallel ranks")
-    local_batch = cfg.batch_size // d.dp_size
-    common = loader_args(cfg, d)
+                          f"{mesh.dp_size} data-parallel ranks")
+    local_batch = cfg.batch_size // mesh.dp_size
+    common = loader_args(cfg, mesh)
     why = "loader_threads" if cfg.loader_threads else default_threads()[1]
     train_loader = pipeline.build_loader(cfg.data, "train", batch_size=local_batch, flip=cfg.flip,
                                          lighting=cfg.lighting, lighting_form=cfg.lighting_form,
@@ -114,7 +114,7 @@ def train(cfg, out: Path, d):
     train_loader.prepare()  # every DALI graph built before step 1, the val ones too
     val_loaders = {}  # empty: no evaluation
     if "val" in ds and cfg.eval_every > 0:
-        val_loaders = evaluation.val_loaders(cfg, d, "val", local_batch, one_crop=True,
+        val_loaders = evaluation.val_loaders(cfg, mesh, "val", local_batch, one_crop=True,
                                              ten_crop=cfg.ten_crop_eval)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
@@ -122,43 +122,43 @@ def train(cfg, out: Path, d):
                           f"{cfg.batch_size}")
 
     # -- model -----------------------------------------------------------------------------------
-    model = model_from_config(cfg, len(ds.classes), d.mp_group, d.mp_size, d.mp_rank)
-    model = model.to(d.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    model = model_from_config(cfg, len(ds.classes), mesh.mp_group, mesh.mp_size, mesh.mp_rank)
+    model = model.to(mesh.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
     # -- optimizer -------------------------------------------------------------------------------
     optimizer = build_optimizer(model, cfg)
     schedule = Schedule(cfg, steps_per_epoch)
-    net = DDP(model, process_group=d.dp_group, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
-        if d.dp_group is not None else model  # gradients averaged over the dp group only
+    net = DDP(model, process_group=mesh.dp_group, device_ids=[mesh.device.index] if mesh.device.type == "cuda" else None) \
+        if mesh.dp_group is not None else model  # gradients averaged over the dp group only
     if cfg.compile:
         net = torch.compile(net)
-    if precision_error(cfg.precision, d.device.type):
-        raise ConfigError(precision_error(cfg.precision, d.device.type))
-    amp = partial(autocast, d.device.type, cfg.precision)
+    if precision_error(cfg.precision, mesh.device.type):
+        raise ConfigError(precision_error(cfg.precision, mesh.device.type))
+    amp = partial(autocast, mesh.device.type, cfg.precision)
     scaler = grad_scaler(cfg.precision)
 
-    job = Job(cfg, d, out, model, optimizer, scaler, schedule, train_loader, val_loaders,
+    job = Job(cfg, mesh, out, model, optimizer, scaler, schedule, train_loader, val_loaders,
               len(ds["val"]) if val_loaders else 0)
 
     # -- resume ----------------------------------------------------------------------------------
     ckpt_dir = job.ckpt_dir
     step, epoch, run = resume(job)
-    if d.is_main:
+    if mesh.is_main:
         out.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(exist_ok=True)
         save(cfg, out / "config.yaml")
-    metrics = Metrics(out, d.is_main, resume_step=step, resume_epoch=epoch)
+    metrics = Metrics(out, mesh.is_main, resume_step=step, resume_epoch=epoch)
     guard = LossGuard(len(ds.classes), cfg.stall_steps, run.guard)  # stalls and blow-ups, said once
     run.guard = guard  # its state travels with every checkpoint
-    log(d, f"{cfg.model}: {sum(p.numel() for p in model.parameters()) * d.mp_size:,} parameters, "
-           f"world {d.world} = dp {d.dp_size} x mp {d.mp_size}, {d.device}, {cfg.precision}; "
+    log(mesh, f"{cfg.model}: {sum(p.numel() for p in model.parameters()) * mesh.mp_size:,} parameters, "
+           f"world {mesh.world} = dp {mesh.dp_size} x mp {mesh.mp_size}, {mesh.device}, {cfg.precision}; "
            f"{len(ds['train'])} train images, {steps_per_epoch} steps/epoch of {cfg.batch_size}; "
            f"loader: {common['num_threads']} threads per rank ({why})")
 
     # -- loop ------------------------------------------------------------------------------------
     # first_bad: the first step whose loss was non-finite, -1 if none; kept on the device so the
     # step never syncs, read by check_finite at the next log or checkpoint
-    first_bad = torch.full((), -1, dtype=torch.int64, device=d.device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=mesh.device)
     checked = step  # check_finite has seen every step up to this one
     checkpoint = partial(save_checkpoint, job, run)
     carry = run.sums  # a mid-epoch checkpoint's running sums, reduced over dp
@@ -166,12 +166,12 @@ def train(cfg, out: Path, d):
     model.train()
     while not finished(cfg, step, epoch):
         train_loader.set_epoch(epoch)
-        wait = DataWait(d.device)  # the loader's share of this epoch (device idle time on CUDA)
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=d.device)  # loss x n, n since the last log
-        epoch_sum = torch.zeros(2, dtype=torch.float64, device=d.device)
-        if carry is not None and d.dp_rank == 0:  # counted once: the dp reductions add the rest
-            epoch_sum += torch.tensor(carry["epoch"], dtype=torch.float64, device=d.device)
-            loss_sum += torch.tensor(carry["log"], dtype=torch.float64, device=d.device)
+        wait = DataWait(mesh.device)  # the loader's share of this epoch (device idle time on CUDA)
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=mesh.device)  # loss x n, n since the last log
+        epoch_sum = torch.zeros(2, dtype=torch.float64, device=mesh.device)
+        if carry is not None and mesh.dp_rank == 0:  # counted once: the dp reductions add the rest
+            epoch_sum += torch.tensor(carry["epoch"], dtype=torch.float64, device=mesh.device)
+            loss_sum += torch.tensor(carry["log"], dtype=torch.float64, device=mesh.device)
         carry = None
         t_epoch = t_log = time.perf_counter()
         n_images = log_images = 0
@@ -194,28 +194,28 @@ def train(cfg, out: Path, d):
             n_images += cfg.batch_size
             log_images += cfg.batch_size
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
-                all_reduce_sum(loss_sum, d.dp_group)  # the mean over the global batch
+                checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, mesh)
+                all_reduce_sum(loss_sum, mesh.dp_group)  # the mean over the global batch
                 mean_loss = (loss_sum[0] / loss_sum[1]).item()  # sync point
                 t = time.perf_counter()
                 metrics.log({"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
                              "img_per_s": log_images / (t - t_log),
                              "data_wait_frac": wait.seconds() / max(t - t_epoch, 1e-9)})
-                log(d, f"epoch {epoch} " + progress(train_loader.last[1] + 1, steps_per_epoch, step, total_steps,
+                log(mesh, f"epoch {epoch} " + progress(train_loader.last[1] + 1, steps_per_epoch, step, total_steps,
                                                     (t - t_log) * cfg.batch_size / log_images) +
                     f": loss {mean_loss:.4f} lr {lr:.5f} {log_images / (t - t_log):.0f} img/s")
                 warning = guard.check(step, mean_loss)  # the same mean on every rank
                 if warning:
                     metrics.log({**warning, "epoch": epoch})
-                    log(d, f"warning (step {step}): {warning['message']}")
+                    log(mesh, f"warning (step {step}): {warning['message']}")
                 loss_sum.zero_()
                 t_log, log_images = t, 0
             if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0:
-                checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
+                checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, mesh)
                 checkpoint(step, sums=(epoch_sum, loss_sum))
             if cfg.max_steps and step >= cfg.max_steps:
                 break
-        checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, d)
+        checked = check_finite(model, first_bad, checked, step, epoch, ckpt_dir, mesh)
         if not train_loader.epoch_done(epoch):  # stopped mid-epoch by max_steps
             checkpoint(step, sums=(epoch_sum, loss_sum))
             break
@@ -225,18 +225,18 @@ def train(cfg, out: Path, d):
             run.best = {"epoch": epoch, "top1": top1}  # retention keeps its checkpoint
         checkpoint(step, tag=f"epoch{epoch:03d}")
         epoch += 1
-        if d.is_main:
+        if mesh.is_main:
             metrics.plot(out / "curves.png")
-    if d.is_main:
+    if mesh.is_main:
         metrics.plot(out / "curves.png")
     metrics.close()
-    log(d, f"done at step {step}, epoch {epoch}: {out}")
+    log(mesh, f"done at step {step}, epoch {epoch}: {out}")
 
 
 # -- the loop's helpers: each takes what it needs, the loop owns step, epoch and first_bad --------
 
-def log(d, msg: str) -> None:
-    if d.is_main:
+def log(mesh, msg: str) -> None:
+    if mesh.is_main:
         print(msg, flush=True)
 
 
@@ -248,23 +248,23 @@ def resume(job: Job) -> tuple[int, int, RunState]:
     """Collective, one decision for all ranks: (step, epoch, run) to start from. The newest
     checkpoint any rank's ``out`` holds is broadcast and restored (model, momentum, GradScaler,
     schedule, loader position, RNG); without one, (0, 0) with the dropout RNG seeded."""
-    cfg, d = job.cfg, job.d
+    cfg, mesh = job.cfg, job.mesh
     dataset = dataset_identity(cfg.data)
-    writer = ckpt.is_writer(job.ckpt_dir, d)  # collective
-    state = ckpt.resume_state(job.ckpt_dir, d)  # collective: None, or the newest checkpoint on every rank
+    writer = ckpt.is_writer(job.ckpt_dir, mesh)  # collective
+    state = ckpt.resume_state(job.ckpt_dir, mesh)  # collective: None, or the newest checkpoint on every rank
     if state is None:
         if (job.out / "config.yaml").exists():
             import yaml
             check_resume(yaml.safe_load((job.out / "config.yaml").read_text()), cfg)  # refuse another run's out
-        torch.manual_seed(cfg.seed * 1000 + d.rank)  # dropout: its own stream on every rank
-        return 0, 0, RunState(ckpt.new_run_id(d), dataset, writer=writer)
+        torch.manual_seed(cfg.seed * 1000 + mesh.rank)  # dropout: its own stream on every rank
+        return 0, 0, RunState(ckpt.new_run_id(mesh), dataset, writer=writer)
     changed = check_resume(state["config"], cfg, state.get("dataset"), dataset)
-    if not ckpt.restore(state, job.model, job.optimizer, job.scaler, d):
-        log(d, f"note: world size changed ({len(state['rng'])} -> {d.world}): dropout RNG differs")
+    if not ckpt.restore(state, job.model, job.optimizer, job.scaler, mesh):
+        log(mesh, f"note: world size changed ({len(state['rng'])} -> {mesh.world}): dropout RNG differs")
     job.schedule.load_state_dict(state["schedule"])
     job.train_loader.load_state_dict(state["data"])
     step, epoch = state["step"], state["data"]["epoch"]
-    log(d, f"resumed from {state['resumed_from']} at step {step}, epoch {epoch}" +
+    log(mesh, f"resumed from {state['resumed_from']} at step {step}, epoch {epoch}" +
         (f" (config changes accepted: {changed})" if changed else ""))
     return step, epoch, RunState(state.get("run_id"), dataset, best=state.get("best"),
                                  sums=state.get("sums"), guard=state.get("guard"), writer=writer)
@@ -273,13 +273,13 @@ def resume(job: Job) -> tuple[int, int, RunState]:
 def save_checkpoint(job: Job, run: RunState, step: int, tag: str | None = None, sums=None) -> None:
     """Collective: latest.pt (and tag.pt, then retention) written atomically by every writer.
     ``sums``: the (epoch, since-log) running loss sums of an unfinished epoch, reduced here."""
-    cfg, d = job.cfg, job.d
+    cfg, mesh = job.cfg, job.mesh
     reduced = {"epoch": [0.0, 0.0], "log": [0.0, 0.0]}
     if sums is not None:
         both = torch.stack(sums)  # a copy: the loop's own sums stay per rank
-        all_reduce_sum(both, d.dp_group)
+        all_reduce_sum(both, mesh.dp_group)
         reduced["epoch"], reduced["log"] = both.tolist()
-    state = ckpt.capture(job.model, job.optimizer, job.scaler, d, schedule=job.schedule.state_dict(),
+    state = ckpt.capture(job.model, job.optimizer, job.scaler, mesh, schedule=job.schedule.state_dict(),
                          data=job.train_loader.state_dict(), sums=reduced, best=run.best, step=step,
                          config=to_dict(cfg), run_id=run.id, dataset=run.dataset,
                          guard=run.guard.state_dict())
@@ -291,14 +291,14 @@ def save_checkpoint(job: Job, run: RunState, step: int, tag: str | None = None, 
 
 
 def check_finite(model, first_bad: torch.Tensor, since: int, step: int, epoch: int, ckpt_dir: Path,
-                 d) -> int:
+                 mesh) -> int:
     """Collective: stop every rank if any saw a NaN/inf loss in steps since+1..step, or holds a
     non-finite weight (an overflowing update can follow a finite loss). Every checkpoint is
     written after this check, so latest.pt stays the last good state. Returns step: checked."""
     finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
     flag = torch.stack([first_bad >= 0, ~finite]).double()
-    all_reduce_sum(flag, d.dp_group)
-    all_reduce_sum(flag, d.mp_group)  # the towers hold different weights
+    all_reduce_sum(flag, mesh.dp_group)
+    all_reduce_sum(flag, mesh.mp_group)  # the towers hold different weights
     bad_loss, bad_weights = flag.tolist()  # sync point
     if bad_loss or bad_weights:
         span = f"step {step}" if since + 1 == step else f"steps {since + 1}..{step}"
@@ -315,27 +315,27 @@ def end_epoch(job: Job, epoch: int, epoch_sum: torch.Tensor, n_images: int, wait
     """Collective: the finished epoch's row (train loss reduced over dp, val metrics when due, the
     plateau check that may cut the lr) logged to metrics.jsonl and the console. Evaluates the
     unwrapped module with dp rank 0's buffers. Returns the one-crop val top-1 (None: no eval)."""
-    cfg, d, model, val_loaders = job.cfg, job.d, job.model, job.val_loaders
-    all_reduce_sum(epoch_sum, d.dp_group)
+    cfg, mesh, model, val_loaders = job.cfg, job.mesh, job.model, job.val_loaders
+    all_reduce_sum(epoch_sum, mesh.dp_group)
     row = {"kind": "epoch", "epoch": epoch, "train_loss": (epoch_sum[0] / epoch_sum[1]).item(),
            "val_loss": None, "val_top1": None, "val_top5": None, "val_top1_10crop": None,
            "img_per_s": n_images / elapsed, "data_wait_frac": wait / elapsed}
     if val_loaders and (epoch + 1) % cfg.eval_every == 0:
-        broadcast_buffers(model, d)
-        one = evaluation.evaluate(model, val_loaders["one"], d, amp, False, job.n_val)
+        broadcast_buffers(model, mesh)
+        one = evaluation.evaluate(model, val_loaders["one"], mesh, amp, False, job.n_val)
         row.update(val_loss=one["loss"], val_top1=one["top1"], val_top5=one["top5"])
         if "ten" in val_loaders:
-            row["val_top1_10crop"] = evaluation.evaluate(model, val_loaders["ten"], d, amp, True, job.n_val)["top1"]
+            row["val_top1_10crop"] = evaluation.evaluate(model, val_loaders["ten"], mesh, amp, True, job.n_val)["top1"]
         if job.schedule.observe(one["top1"]):
-            log(d, f"val top-1 plateaued: lr cut {job.schedule.cuts} of {cfg.plateau_max_cuts}")
+            log(mesh, f"val top-1 plateaued: lr cut {job.schedule.cuts} of {cfg.plateau_max_cuts}")
     metrics.log(row)
-    log(d, "epoch {epoch}: train loss {train_loss:.4f}".format(**row) +
+    log(mesh, "epoch {epoch}: train loss {train_loss:.4f}".format(**row) +
         (" val loss {val_loss:.4f} top-1 {val_top1:.4f} top-5 {val_top5:.4f}".format(**row)
          if row["val_loss"] is not None else "") +
         (" top-1 10-crop {:.4f}".format(row["val_top1_10crop"]) if row["val_top1_10crop"] is not None else "") +
         f", {row['img_per_s']:.0f} img/s")
     if row["data_wait_frac"] > 0.05:
-        log(d, f"epoch {epoch}: data-bound: training waited for the loader "
+        log(mesh, f"epoch {epoch}: data-bound: training waited for the loader "
                f"{100 * row['data_wait_frac']:.0f}% of the time")
     return row["val_top1"]
 

@@ -54,7 +54,7 @@ def init_distributed(mp: int, device: str = "auto") -> Dist:
     dev = resolve_device(device, index=local_rank)  # DeviceError (a ValueError) names the fix
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    d = Dist(rank, local_rank, world, rank // mp, world // mp, rank % mp, mp, dev)
+    mesh = Dist(rank, local_rank, world, rank // mp, world // mp, rank % mp, mp, dev)
     if world > 1:
         # device_id binds NCCL's communicators to this rank's GPU at once (no guessing later)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
@@ -65,13 +65,13 @@ def init_distributed(mp: int, device: str = "auto") -> Dist:
             ranks = list(range(k * mp, (k + 1) * mp))
             group = dist.new_group(ranks) if mp > 1 else None
             if rank in ranks:
-                d.mp_group = group
+                mesh.mp_group = group
         for m in range(mp):
             ranks = list(range(m, world, mp))
             group = dist.new_group(ranks) if world // mp > 1 else None
             if rank in ranks:
-                d.dp_group = group
-    return d
+                mesh.dp_group = group
+    return mesh
 
 
 def cleanup() -> None:
@@ -136,14 +136,14 @@ def gather(x: torch.Tensor, group, replicated: bool = False, sizes: list[int] | 
     return x if group is None else _Gather.apply(x, group, replicated, sizes)
 
 
-def broadcast_buffers(module: torch.nn.Module, d: Dist) -> None:
+def broadcast_buffers(module: torch.nn.Module, mesh: Dist) -> None:
     """Every dp rank takes dp rank 0's buffers (BatchNorm running statistics), as DDP does before
     each training forward: after its last step each rank's statistics are its own, and evaluating
     the unwrapped module must see one set (the set the checkpoint saves)."""
-    if d.dp_group is None:
+    if mesh.dp_group is None:
         return
     for b in module.buffers():
-        dist.broadcast(b, src=d.mp_rank, group=d.dp_group)  # global rank of dp rank 0 in this group
+        dist.broadcast(b, src=mesh.mp_rank, group=mesh.dp_group)  # global rank of dp rank 0 in this group
 
 
 def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
