@@ -139,13 +139,13 @@ def test_kill_inside_the_final_cleanup_is_finished_by_the_rerun(tree, dataset, t
 
 BUGGY_PREPARE = """
 import runpy, sys
-import pipeline.prepare.convert as convert
-real = convert.to_rgb_square
+import pipeline.prepare.worker as worker  # the converter's worker calls it
+real = worker.to_rgb_square
 def buggy(data, size, *args):  # a bug in our own preprocessing, met on some inputs
     if len(data) % 7 == 3:
         raise {error}("injected bug in to_rgb_square")
     return real(data, size, *args)
-convert.to_rgb_square = buggy
+worker.to_rgb_square = buggy
 sys.argv = sys.argv[1:]  # as if tools/prepare_imagenet.py were run itself
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
