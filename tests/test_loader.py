@@ -117,11 +117,17 @@ def gather(dataset, split, dp_size, batch_size, epoch=0, **kw):
     return ranks
 
 
+# Both sample orders (sampler.py): one permutation of the split, or blocks of 2 shards (the
+# dataset has 5 samples a shard, one partial) shuffled within.
+ORDERS = {"global": {}, "block": {"data_order": "block", "block_shards": 2}}
+
+
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("dp_size", [2, 3])
 @pytest.mark.parametrize("split,kw", [("train", {"drop_last": False}), ("val", {})])
-def test_exactly_once_across_ranks(dataset, dp_size, split, kw):
+def test_exactly_once_across_ranks(dataset, dp_size, split, kw, order):
     n = len(pipeline.open_dataset(dataset)[split])
-    ranks = gather(dataset, split, dp_size, batch_size=3, **kw)
+    ranks = gather(dataset, split, dp_size, batch_size=3, **kw, **ORDERS[order])
     everything = [i for steps in ranks for batch in steps for i in batch]
     assert sorted(everything) == list(range(n))
 
@@ -132,10 +138,11 @@ def test_train_drops_the_last_partial_global_batch_by_default(dataset):
     assert len({i for steps in ranks for b in steps for i in b}) == 20
 
 
-def test_global_batches_and_decisions_do_not_depend_on_dp_size(dataset):
-    one = gather(dataset, "train", 1, batch_size=6, drop_last=False)
-    two = gather(dataset, "train", 2, batch_size=3, drop_last=False)
-    three = gather(dataset, "train", 3, batch_size=2, drop_last=False)
+@pytest.mark.parametrize("order", ORDERS)
+def test_global_batches_and_decisions_do_not_depend_on_dp_size(dataset, order):
+    one = gather(dataset, "train", 1, batch_size=6, drop_last=False, **ORDERS[order])
+    two = gather(dataset, "train", 2, batch_size=3, drop_last=False, **ORDERS[order])
+    three = gather(dataset, "train", 3, batch_size=2, drop_last=False, **ORDERS[order])
     for step in range(len(one[0])):
         assert one[0][step] == two[0][step] + two[1][step] == sum((r[step] for r in three), [])
     # And each sample gets the same pixels whatever the layout.
@@ -143,7 +150,7 @@ def test_global_batches_and_decisions_do_not_depend_on_dp_size(dataset):
     for dp_size, bs in ((1, 6), (2, 3)):
         for r in range(dp_size):
             loader = pipeline.build_loader(dataset, "train", batch_size=bs, crop=24, device="cpu",
-                                           dp_rank=r, dp_size=dp_size, seed=5)
+                                           dp_rank=r, dp_size=dp_size, seed=5, **ORDERS[order])
             for step, (x, _) in enumerate(run_epoch(loader, 2)):
                 for k, i in enumerate(loader.indices(2, step)):
                     outs.setdefault(int(i), []).append(x[k])
@@ -161,8 +168,9 @@ def test_reshuffle_and_determinism(dataset):
     assert all(torch.equal(p[0], q[0]) for p, q in zip(x1, x2))
 
 
-def test_mid_epoch_resume_yields_exactly_the_rest(dataset):
-    kw = dict(batch_size=3, crop=24, device="cpu", seed=2)
+@pytest.mark.parametrize("order", ORDERS)
+def test_mid_epoch_resume_yields_exactly_the_rest(dataset, order):
+    kw = dict(batch_size=3, crop=24, device="cpu", seed=2, **ORDERS[order])
     full = run_epoch(pipeline.build_loader(dataset, "train", **kw), 1)
     first = pipeline.build_loader(dataset, "train", **kw)
     first.set_epoch(1)
@@ -180,6 +188,37 @@ def test_mid_epoch_resume_yields_exactly_the_rest(dataset):
     other = pipeline.build_loader(dataset, "train", **dict(kw, batch_size=4))
     with pytest.raises(LoaderError, match="global batch"):
         other.load_state_dict(state)
+    flipped = {"data_order": "global"} if order == "block" else ORDERS["block"]
+    other = pipeline.build_loader(dataset, "train", **dict(kw, **flipped))
+    with pytest.raises(LoaderError, match="data_order"):
+        other.load_state_dict(state)
+
+
+def test_block_order_takes_whole_shards_in_blocks_and_shuffles_within():
+    """Hand-made shard bounds: each block's samples are exactly the samples of block_shards whole
+    shards; every index once; the order depends on (seed, epoch) only."""
+    from pipeline.load.sampler import Sampler
+    starts = np.array([0, 5, 10, 15, 20, 24])  # 5 shards, the last partial
+    sampler = Sampler(24, 4, 0, 1, seed=3, shuffle=True, drop_last=False, shard_starts=starts,
+                      block_shards=2)
+    order = sampler.order(0)
+    assert sorted(order.tolist()) == list(range(24))
+    shard = np.searchsorted(starts, order, side="right") - 1
+    pos, blocks = 0, []
+    while pos < len(order):  # cut the order where the shards of a block are used up
+        members = set()
+        end = pos
+        while end < len(order) and (len(members) < 2 or shard[end] in members):
+            members.add(int(shard[end]))
+            end += 1
+        size = sum(int(starts[k + 1] - starts[k]) for k in members)
+        assert end - pos == size, (order, pos, members)  # the block is exactly those shards
+        blocks.append(members)
+        pos = end
+    assert [len(b) for b in blocks] == [2, 2, 1] and set().union(*blocks) == set(range(5))
+    assert not all((np.diff(order[:10]) == 1))  # shuffled within the block
+    again = Sampler(24, 8, 1, 3, seed=3, shuffle=True, drop_last=False, shard_starts=starts, block_shards=2)
+    assert np.array_equal(again.order(0), order) and not np.array_equal(sampler.order(1), order)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -59,6 +59,10 @@ class Config:
     channels_last: bool = False
     compile: bool = False
     loader_threads: int = 0
+    data_order: str = "global"
+    block_shards: int = 0
+    cache_dir: str = ""
+    cache_limit: str = ""
     # logging, evaluation, checkpoints
     log_every: int = 10
     stall_steps: int = 3000
@@ -95,7 +99,7 @@ class Config:
             raise ConfigError(f"bias_lr_mult must be > 0, got {self.bias_lr_mult}")
         for key in ("epochs", "max_steps", "eval_every", "ckpt_every_steps", "lr_step_epochs",
                     "loader_threads", "plateau_patience", "plateau_max_cuts", "keep_last",
-                    "stall_steps"):
+                    "stall_steps", "block_shards"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.epochs == 0 and self.max_steps == 0:
@@ -105,13 +109,19 @@ class Config:
 CHOICES = {"device": ("auto", "cpu", "cuda"), "lr_schedule": ("plateau", "step", "cosine"),
            "lighting_form": ("code", "paper"), "mean": ("pixel", "channel", "none"),
            "precision": ("fp32", "bf16", "fp16"), "init": ("paper", "code2012", "caffe"),
-           "dropout_form": ("inverted", "paper")}
+           "dropout_form": ("inverted", "paper"), "data_order": ("global", "block")}
 
 # --help: every key of Config, grouped, with one line of meaning (tests/test_cli.py checks that
 # every field is here).
 HELP = {
     "data": {
-        "data": "dataset directory written by tools/prepare_imagenet.py (required; every node needs it)",
+        "data": "dataset directory written by tools/prepare_imagenet.py, or its copy in a bucket: "
+                "s3://bucket/prefix (any fsspec URL; AWS_ENDPOINT_URL etc. as for the AWS CLI)",
+        "cache_dir": "node-local cache of a dataset in a bucket (default ~/.cache/alexnet-pipeline/shards)",
+        "cache_limit": "bytes the cache may hold, e.g. 64G (default: no limit, the whole split)",
+        "data_order": "global: one permutation of the split; block: shards permuted, in blocks that "
+                      "fit the cache, samples shuffled within a block (for a cache_limit < the split)",
+        "block_shards": "shards a block in block order (0: half of what cache_limit holds)",
         "crop": "side of the random (train) and centre (val) crop in pixels: 224, or 227 without padding",
         "flip": "random horizontal flip, p=0.5",
         "lighting": "PCA lighting: std of alpha (paper: 0.1; 0 = off)",
@@ -194,6 +204,7 @@ def cli_options() -> list:
 # the same global batch gives the same training on any dp x mp (README, Training).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "eval_every", "ckpt_every_steps",
                      "override_config", "stall_steps", "loader_threads", "keep_last", "keep_epochs", "ten_crop_eval",
+                     "cache_dir", "cache_limit",
                      "out", "data", "mp"}
 # The checkpoint cannot be loaded into another network: never overridable.
 STRUCTURAL = {"model"}
@@ -260,11 +271,15 @@ def save(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def dataset_identity(path) -> dict:
+def dataset_identity(data) -> dict:
     """What the dataset is, wherever it lies: manifest.json lists every shard's and the statistics'
-    sha256, so its own sha256 names the content (a moved or copied dataset keeps it)."""
+    sha256, so its own sha256 names the content (a moved, copied or uploaded dataset keeps it).
+    ``data``: an open Dataset (a bucket's too) or a dataset directory."""
+    from pipeline import Dataset
     from pipeline.fileio import sha256_file
-    return {"manifest_sha256": sha256_file(Path(path) / "manifest.json")}
+    if isinstance(data, Dataset):
+        return {"manifest_sha256": data.manifest_sha256}
+    return {"manifest_sha256": sha256_file(Path(data) / "manifest.json")}
 
 
 def check_resume(saved: dict, cfg: Config, saved_dataset: dict | None = None,

@@ -25,19 +25,21 @@ def loader_args(cfg, mesh) -> dict:
     arrive on the run's device, in its precision and layout (cast by the loader's last op)."""
     return dict(crop=cfg.crop, device=mesh.device, dp_rank=mesh.dp_rank, dp_size=mesh.dp_size, seed=cfg.seed,
                 mean=cfg.mean, channels_last=cfg.channels_last, dtype=input_dtype(cfg.precision),
-                num_threads=cfg.loader_threads or default_threads()[0])
+                num_threads=cfg.loader_threads or default_threads()[0],
+                cache_dir=cfg.cache_dir or None, cache_limit=cfg.cache_limit or None)
 
 
-def val_loaders(cfg, mesh, split: str, batch_size: int, one_crop: bool, ten_crop: bool) -> dict:
+def val_loaders(cfg, mesh, split: str, batch_size: int, one_crop: bool, ten_crop: bool, data=None) -> dict:
     """{"one": centre-crop loader, "ten": ten-crop loader} as asked, their DALI graphs built now:
     before training allocates its memory, not at the first evaluation. Ten-crop batches hold a
     tenth of ``batch_size`` images (ten crops each)."""
     common = loader_args(cfg, mesh)
+    data = cfg.data if data is None else data  # an open Dataset: a bucket's is not listed again
     loaders = {}
     if one_crop:
-        loaders["one"] = pipeline.build_loader(cfg.data, split, batch_size=batch_size, **common)
+        loaders["one"] = pipeline.build_loader(data, split, batch_size=batch_size, **common)
     if ten_crop:
-        loaders["ten"] = pipeline.build_loader(cfg.data, split, batch_size=max(1, batch_size // 10),
+        loaders["ten"] = pipeline.build_loader(data, split, batch_size=max(1, batch_size // 10),
                                                ten_crop=True, **common)
     for loader in loaders.values():
         loader.prepare()

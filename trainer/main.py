@@ -62,6 +62,7 @@ class Job:
     train_loader: object
     val_loaders: dict  # {"one": loader, "ten": loader}, as asked; empty: no evaluation
     n_val: int
+    dataset: object  # the open pipeline.Dataset (a directory's or a bucket's)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -101,21 +102,22 @@ def main(config: str | None = None, **overrides):
 
 def train(cfg, out: Path, mesh):
     # -- data ------------------------------------------------------------------------------------
-    ds = pipeline.open_dataset(cfg.data)
+    ds = pipeline.open_dataset(cfg.data, cache_dir=cfg.cache_dir or None, cache_limit=cfg.cache_limit or None)
     if cfg.batch_size % mesh.dp_size:
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the "
                           f"{mesh.dp_size} data-parallel ranks")
     local_batch = cfg.batch_size // mesh.dp_size
     common = loader_args(cfg, mesh)
     why = "loader_threads" if cfg.loader_threads else default_threads()[1]
-    train_loader = pipeline.build_loader(cfg.data, "train", batch_size=local_batch, flip=cfg.flip,
+    train_loader = pipeline.build_loader(ds, "train", batch_size=local_batch, flip=cfg.flip,
                                          lighting=cfg.lighting, lighting_form=cfg.lighting_form,
+                                         data_order=cfg.data_order, block_shards=cfg.block_shards,
                                          **common)
     train_loader.prepare()  # every DALI graph built before step 1, the val ones too
     val_loaders = {}  # empty: no evaluation
     if "val" in ds and cfg.eval_every > 0:
         val_loaders = evaluation.val_loaders(cfg, mesh, "val", local_batch, one_crop=True,
-                                             ten_crop=cfg.ten_crop_eval)
+                                             ten_crop=cfg.ten_crop_eval, data=ds)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ConfigError(f"{cfg.data}: {len(ds['train'])} train samples make no global batch of "
@@ -138,7 +140,7 @@ def train(cfg, out: Path, mesh):
     scaler = grad_scaler(cfg.precision)
 
     job = Job(cfg, mesh, out, model, optimizer, scaler, schedule, train_loader, val_loaders,
-              len(ds["val"]) if val_loaders else 0)
+              len(ds["val"]) if val_loaders else 0, ds)
 
     # -- resume ----------------------------------------------------------------------------------
     ckpt_dir = job.ckpt_dir
@@ -249,7 +251,7 @@ def resume(job: Job) -> tuple[int, int, RunState]:
     checkpoint any rank's ``out`` holds is broadcast and restored (model, momentum, GradScaler,
     schedule, loader position, RNG); without one, (0, 0) with the dropout RNG seeded."""
     cfg, mesh = job.cfg, job.mesh
-    dataset = dataset_identity(cfg.data)
+    dataset = dataset_identity(job.dataset)
     writer = ckpt.is_writer(job.ckpt_dir, mesh)  # collective
     state = ckpt.resume_state(job.ckpt_dir, mesh)  # collective: None, or the newest checkpoint on every rank
     if state is None:

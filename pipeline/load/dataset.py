@@ -6,9 +6,12 @@ memory-mapped, never read into RAM as a whole.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +20,7 @@ import numpy as np
 
 from .. import format as fmt
 from ..fileio import sha256_file
+from ..store import ShardCache, Store, StoreError, is_url
 
 FormatError = fmt.FormatError
 
@@ -80,9 +84,13 @@ class Shard:
 class Split(Sequence):
     """A split as a sequence: ``split[i] -> (uint8 (S,S,3) array, int label)``."""
 
-    def __init__(self, root: Path, name: str, info: dict, size: int, encoding: str, verify: bool):
+    def __init__(self, root: Path, name: str, info: dict, size: int, encoding: str, verify: bool,
+                 remote=None):
         self.name, self.size, self.encoding = name, size, encoding
-        self.shards = [Shard(root / e["file"], e, size, encoding, verify) for e in info["shards"]]
+        self.entries = info["shards"]
+        self.cache = remote.cache if remote else None  # the node-local shard cache of a store
+        self.shards = remote.shards(name, info, size, encoding, verify) if remote else \
+            [Shard(root / e["file"], e, size, encoding, verify) for e in info["shards"]]
         # the global index of each shard's first sample, then the total
         self.starts = np.cumsum([0] + [s.count for s in self.shards], dtype=np.int64)
         self.labels = np.concatenate([s.labels for s in self.shards]) if self.shards else \
@@ -90,6 +98,11 @@ class Split(Sequence):
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def remote(self) -> bool:
+        """Shards fetched from an object store into the cache on demand (pipeline/store.py)."""
+        return self.cache is not None
 
     def locate(self, i: int) -> tuple[Shard, int]:
         if not -len(self) <= i < len(self):
@@ -113,15 +126,26 @@ class Split(Sequence):
 
 
 class Dataset:
-    def __init__(self, root, verify: bool = False):
-        self.root = root = Path(root)
-        path = root / fmt.MANIFEST
-        if not path.exists():
-            hint = (" (an unfinished conversion: re-run tools/prepare_imagenet.py to finish it)"
-                    if (root / ".work").exists() else "")
-            raise FormatError(f"{path}: missing; {root} is not a dataset{hint}")
+    def __init__(self, root, verify: bool = False, cache_dir=None, cache_limit=None):
+        remote = None
+        if is_url(root):  # an object store: manifest and stats read from it, shards via the cache
+            remote = _Remote(str(root), cache_dir, cache_limit)
+            self.root = root = remote.root
+            path = root / fmt.MANIFEST
+            text = remote.manifest_text()
+        else:
+            self.root = root = Path(root)
+            path = root / fmt.MANIFEST
+            if not path.exists():
+                hint = (" (an unfinished conversion: re-run tools/prepare_imagenet.py to finish it)"
+                        if (root / ".work").exists() else "")
+                raise FormatError(f"{path}: missing; {root} is not a dataset{hint}")
+            text = None
+        self.remote = remote
         try:
-            self.manifest = json.loads(path.read_text())
+            text = path.read_text() if text is None else text
+            self.manifest_sha256 = hashlib.sha256(text.encode()).hexdigest()
+            self.manifest = json.loads(text)
         except (OSError, ValueError) as e:
             raise FormatError(f"{path}: unreadable ({e})") from None
         if not isinstance(self.manifest, dict):
@@ -135,11 +159,14 @@ class Dataset:
             self.size, self.encoding = m["size"], m["encoding"]
             self.classes = [c["id"] for c in m["classes"]]
             self.class_names = [c["name"] or c["id"] for c in m["classes"]]
-            self.splits = {name: Split(root, name, info, self.size, self.encoding, verify)
+            if remote:
+                remote.check_listing(m)
+            self.splits = {name: Split(root, name, info, self.size, self.encoding, verify, remote)
                            for name, info in m["splits"].items()}
             for split in self.splits.values():
                 _check_labels(split, len(self.classes))
-            self.stats = _load_stats(root / m["stats"]["file"], m["stats"], verify)
+            self.stats = remote.stats(m["stats"]) if remote else \
+                _load_stats(root / m["stats"]["file"], m["stats"], verify)
         except (KeyError, TypeError, AttributeError, IndexError) as e:
             # A manifest edited by hand or written by something else: name it, not a deep KeyError.
             raise FormatError(f"{path}: not the manifest this tool writes (wrong shape: "
@@ -177,8 +204,13 @@ def _load_stats(path: Path, entry: dict, verify: bool) -> dict[str, np.ndarray]:
                           f"{entry['bytes']} (truncated or changed after conversion)")
     if verify and sha256_file(path) != entry["sha256"]:
         raise FormatError(f"{path}: checksum mismatch (sha256 differs from manifest.json): corrupted")
+    return _parse_stats(path, path)
+
+
+def _parse_stats(path, source) -> dict[str, np.ndarray]:
+    """stats.npz from ``source`` (a path or a file object); errors name ``path``."""
     try:
-        with np.load(path) as z:
+        with np.load(source) as z:
             stats = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise FormatError(f"{path}: unreadable, corrupted ({type(e).__name__}: {e})") from None
@@ -196,5 +228,146 @@ def decode_jpeg(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def open_dataset(path, verify: bool = False) -> Dataset:
-    return Dataset(path, verify=verify)
+def open_dataset(path, verify: bool = False, cache_dir=None, cache_limit=None) -> Dataset:
+    """A dataset directory, or an fsspec URL of one (``s3://bucket/prefix``): then manifest.json
+    and stats.npz are read from the store and shards fetched into ``cache_dir`` as they are needed
+    (at most ``cache_limit`` bytes there: an int, or a size such as "64G"). A Dataset is returned
+    as it is."""
+    if isinstance(path, Dataset):
+        return path
+    return Dataset(path, verify=verify, cache_dir=cache_dir, cache_limit=cache_limit)
+
+
+class _URLPath:
+    """A URL that reads as a path in messages and joins like one: ``root / "manifest.json"``."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def __truediv__(self, name) -> "_URLPath":
+        return _URLPath(f"{self.url}/{name}")
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return repr(self.url)
+
+    def exists(self) -> bool:
+        return True
+
+
+class RemoteShard:
+    """A shard of a dataset in an object store: count and labels known from the start (one ranged
+    read of its header and labels), pixels mapped from the node-local cache when first needed.
+    ``unmap()`` drops this process's mapping (the cache evicted the file); the next use fetches it
+    again."""
+
+    def __init__(self, cache, url: str, entry: dict, size: int, encoding: str, header, labels):
+        self.cache, self.path, self.entry = cache, url, entry
+        self.size, self.encoding, self.header = size, encoding, header
+        self.count, self.labels = int(header["count"]), labels
+        self._shard, self._lock = None, threading.Lock()
+        self.on_unmap = []  # callbacks: the gatherer's mapping of this shard goes too
+
+    @property
+    def mapped(self) -> bool:
+        return self._shard is not None
+
+    def local(self) -> Shard:
+        shard = self._shard
+        if shard is not None:
+            return shard
+        with self._lock:
+            if self._shard is None:
+                for attempt in (1, 2):
+                    path = self.cache.get(self.entry)
+                    try:
+                        self._shard = Shard(path, self.entry, self.size, self.encoding, verify=False)
+                        break
+                    except FormatError:
+                        if path.exists() or attempt == 2:
+                            raise  # a damaged cached file: named by Shard
+                        # evicted by another process of the node between fetch and open: again
+            return self._shard
+
+    def unmap(self) -> None:
+        with self._lock:
+            self._shard = None
+        for callback in self.on_unmap:
+            callback()
+
+    payload = property(lambda self: self.local().payload)
+    offsets = property(lambda self: self.local().offsets)
+    sources = property(lambda self: self.local().sources)
+
+    def encoded_view(self, i: int) -> np.ndarray:
+        return self.local().encoded_view(i)
+
+    def encoded(self, i: int) -> bytes:
+        return self.local().encoded(i)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.local().image(i)
+
+
+class _Remote:
+    """The store side of a Dataset opened from a URL."""
+
+    def __init__(self, url: str, cache_dir, cache_limit):
+        self.store = Store(url)
+        self.root = _URLPath(self.store.url)
+        self.cache = ShardCache.for_store(self.store, cache_dir, cache_limit)
+
+    def manifest_text(self) -> str:
+        try:
+            return self.store.read(fmt.MANIFEST).decode()
+        except StoreError as e:
+            if "no such object" in str(e):
+                raise FormatError(f"{self.root / fmt.MANIFEST}: missing; {self.root} is not a dataset "
+                                  f"(upload the converted directory, manifest.json included)") from None
+            raise
+
+    def check_listing(self, m: dict) -> None:
+        """Every object manifest.json lists exists in the store with its size: before step 1."""
+        sizes = self.store.sizes()
+        entries = [e for info in m["splits"].values() for e in info["shards"]] + [m["stats"]]
+        for e in entries:
+            got = sizes.get(e["file"])
+            if got is None:
+                raise FormatError(f"{self.root / e['file']}: missing in the store (listed in manifest.json)")
+            if got != e["bytes"]:
+                raise FormatError(f"{self.root / e['file']}: {got} bytes in the store, manifest.json "
+                                  f"says {e['bytes']} (truncated or changed after conversion)")
+
+    def shards(self, name: str, info: dict, size: int, encoding: str, verify: bool) -> list:
+        """The split's shards, each header and label section read with one ranged request (on
+        a few threads); ``verify`` fetches every shard now (its sha256 is checked on arrival)."""
+        entries = info["shards"]
+
+        def head(e):
+            n = e["count"]
+            raw = self.store.read_range(e["file"], 0, fmt.HEADER_SIZE + n * fmt.LABEL_DTYPE.itemsize)
+            url = str(self.root / e["file"])
+            header = fmt.unpack_header(raw[:fmt.HEADER_SIZE], url)
+            start = int(header["labels_offset"])
+            if start != fmt.HEADER_SIZE:
+                raw = self.store.read_range(e["file"], 0, start + n * fmt.LABEL_DTYPE.itemsize)
+            labels = np.frombuffer(raw[start:start + n * fmt.LABEL_DTYPE.itemsize], fmt.LABEL_DTYPE)
+            if int(header["count"]) != n or len(labels) != n:
+                raise FormatError(f"{url}: holds {int(header['count'])} samples, manifest.json says {n}")
+            return RemoteShard(self.cache, url, e, size, encoding, header, labels)
+
+        with ThreadPoolExecutor(16) as pool:
+            shards = list(pool.map(head, entries))
+        if verify:
+            for future in [self.cache.fetch(e) for e in entries]:
+                future.result()
+        return shards
+
+    def stats(self, entry: dict) -> dict[str, np.ndarray]:
+        raw = self.store.read(entry["file"])
+        path = self.root / entry["file"]
+        if len(raw) != entry["bytes"] or hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+            raise FormatError(f"{path}: checksum mismatch (sha256 differs from manifest.json): corrupted")
+        return _parse_stats(path, io.BytesIO(raw))

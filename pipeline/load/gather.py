@@ -63,8 +63,16 @@ class Gatherer:
         if self.raw:
             s = split.size
             self.record = s * s * 3  # bytes per sample
-            self.payloads = typed.List([np.asarray(sh.payload).reshape(sh.count, self.record)
-                                        for sh in split.shards])
+            if split.remote:  # shards mapped as the cache brings them (bound in submit)
+                self._empty = np.zeros((0, self.record), np.uint8)
+                self._empty.setflags(write=False)  # the type of the read-only shard mappings
+                self._bound = [None] * len(split.shards)
+                self.payloads = typed.List([self._empty for _ in split.shards])
+                for k, sh in enumerate(split.shards):
+                    sh.on_unmap.append(lambda k=k: self._unbind(k))
+            else:
+                self.payloads = typed.List([np.asarray(sh.payload).reshape(sh.count, self.record)
+                                            for sh in split.shards])
             for _ in range(slots):
                 buf = _host_buffer((batch_size, s, s, 3), pinned)
                 self._keep.append(buf)  # the torch tensor owns the (page-locked) memory
@@ -73,6 +81,8 @@ class Gatherer:
     def submit(self, idx: np.ndarray) -> Batch:
         """Start gathering samples ``idx`` (global indices of the split); returns at once."""
         shard, row = self.split.locate_many(idx)
+        if self.split.remote and self.raw:
+            self._bind(np.unique(shard).tolist())
         if not self.raw:
             shards = self.split.shards
             images = [shards[k].encoded_view(j) for k, j in zip(shard.tolist(), row.tolist())]
@@ -91,6 +101,22 @@ class Gatherer:
         futures = [self.pool.submit(_copy_rows, self.payloads, shard, row, flat, int(a), int(b))
                    for a, b in zip(cuts[:-1], cuts[1:])]
         return Batch(out, slot, futures)
+
+    def _bind(self, shards: list[int]) -> None:
+        """Remote split: the shards of a batch mapped from the cache (waiting for a fetch that the
+        prefetcher has not finished) and put in the compiled copy's list."""
+        for k in shards:
+            payload = self.split.shards[k].payload
+            if self._bound[k] is not payload:
+                self.payloads[k] = np.asarray(payload).reshape(-1, self.record)
+                self._bound[k] = payload
+
+    def _unbind(self, k: int) -> None:
+        """The cache evicted shard k (no batch in flight reads it): drop its mapping here too,
+        so the file's blocks are freed."""
+        if self._bound[k] is not None:
+            self.payloads[k] = self._empty
+            self._bound[k] = None
 
     def release(self, batch: Batch, event=None, keep=None) -> None:
         """DALI is done with ``batch`` once ``event`` (a torch.cuda.Event, or None: now) has

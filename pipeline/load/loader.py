@@ -35,14 +35,17 @@ import torch
 
 from ..device import DeviceError, check_driver, resolve_device
 from ..errors import UsageError
+from ..store import human
 from . import graphs
 from .dataset import open_dataset
 from .feed import Feed
+from .prefetch import Prefetcher, needed_bytes
 from .gather import Gatherer
 from .augment import lighting_shift
 from .sampler import Sampler, decisions
 
 MEANS = ("pixel", "channel", "none")
+ORDERS = ("global", "block")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -54,8 +57,13 @@ class Loader:
     def __init__(self, path, split, *, batch_size, crop=224, device="auto", dp_rank=0, dp_size=1,
                  seed=0, flip=True, lighting=0.1, lighting_form="code", mean="pixel",
                  dtype=torch.float32, channels_last=False, ten_crop=False, drop_last=None,
-                 num_threads=None, prefetch=2, graph=None):
-        ds = open_dataset(path)  # FormatError (naming the file) for a damaged or foreign dataset
+                 num_threads=None, prefetch=2, graph=None, data_order="global", block_shards=0,
+                 cache_dir=None, cache_limit=None):
+        if data_order not in ORDERS:
+            raise LoaderError(f"{path} [{split}]: data_order must be one of {ORDERS}, got {data_order!r}")
+        # FormatError (naming the file) for a damaged or foreign dataset; StoreError for a store
+        ds = open_dataset(path, cache_dir=cache_dir, cache_limit=cache_limit)
+        path = ds.root  # messages name the directory or the URL (also when given an open Dataset)
         if split not in ds:
             raise LoaderError(f"{path}: unknown split {split!r}; the dataset has {sorted(ds.splits)}")
         self.data, self.size, self.stats = ds[split], ds.size, ds.stats
@@ -77,8 +85,12 @@ class Loader:
         except DeviceError as e:
             raise LoaderError(str(e)) from None
         drop_last = self.train if drop_last is None else drop_last
+        self.data_order = data_order
+        self.block_shards = _block_shards(self.data, data_order, block_shards, path, split) \
+            if self.train else 0
         self.sampler = Sampler(n, batch_size, dp_rank, dp_size, seed, shuffle=self.train,
-                               drop_last=drop_last)
+                               drop_last=drop_last, shard_starts=self.data.starts,
+                               block_shards=self.block_shards)
         self.num_threads = num_threads or default_threads()[0]
         self.prefetch = prefetch  # batches scheduled ahead in DALI; prefetch + 1 buffers in the ring
         self.epoch, self.step = 0, 0  # the position: where the next batch comes from
@@ -86,6 +98,9 @@ class Loader:
         self._plans = {}  # epoch -> (order, Decisions)
         self._steps_with_data = None
         self._feed = None  # built on first use, then kept: one pipeline for the loader's life
+        self._prefetch = None
+        if self.data.remote:  # shards fetched ahead of the order into the node's cache
+            self._prefetch = self._prefetcher(path, split)
 
     # -- position ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -103,13 +118,20 @@ class Loader:
     def state_dict(self) -> dict:
         """Where the next batch comes from: resume with load_state_dict on a new loader."""
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed,
-                "global_batch": self.sampler.global_batch}
+                "global_batch": self.sampler.global_batch, "data_order": self.data_order,
+                "block_shards": self.block_shards}
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.seed or state["global_batch"] != self.sampler.global_batch:
             raise LoaderError(f"loader state is for seed {state['seed']} and global batch "
                               f"{state['global_batch']}, this loader has {self.seed} and "
                               f"{self.sampler.global_batch}: the sample order would differ")
+        order = (state.get("data_order", "global"), state.get("block_shards", 0))
+        if order != (self.data_order, self.block_shards):
+            raise LoaderError(f"loader state is for data_order={order[0]} with {order[1]} shards a "
+                              f"block, this loader has data_order={self.data_order} with "
+                              f"{self.block_shards}: the sample order would differ (pass the "
+                              f"run's data_order and block_shards)")
         self.epoch, self.step = state["epoch"], state["step"]
 
     # -- what each step holds (also the tests' window into the random decisions) ----------------
@@ -138,6 +160,8 @@ class Loader:
         """(sample indices, the named whole-batch arrays fed with them) of one step: a few
         vectorised numpy calls, whatever the batch size."""
         idx = self.indices(epoch, step)
+        if self._prefetch is not None:
+            self._prefetch.at(epoch, step, self.plan(epoch)[0])
         arrays = {"labels": self.data.labels[idx].astype(np.int32)}
         if self.train and self.augment:
             d = self.plan(epoch)[1]
@@ -236,6 +260,28 @@ class Loader:
     def _pipeline(self):
         return graphs.build(self)
 
+    def _prefetcher(self, path, split) -> Prefetcher:
+        """A remote split's prefetcher, once the cache limit is known to hold the batches in
+        flight (refused here, before any step, if it cannot) and the disk the cache."""
+        cuda = self.device.type == "cuda"
+        window = self.prefetch + 2 + cuda  # global batches that may be in flight at once
+        cache, limit = self.data.cache, self.data.cache.limit
+        if limit is not None:
+            need, at = needed_bytes(self.data, self.plan(self.epoch)[0], self.sampler.global_batch, window)
+            if need > limit:
+                raise LoaderError(
+                    f"{path} [{split}]: cache_limit {human(limit)} cannot hold the shards of "
+                    f"the {window} batches in flight ({human(need)} from step {at} in "
+                    f"data_order={self.data_order}): raise cache_limit"
+                    + ("" if self.data_order == "block" or not self.train else " or use data_order=block"))
+        total = int(sum(e["bytes"] for e in self.data.entries))
+        cache.check_space(min(total, limit) if limit else total, f"[{split}]")
+        return Prefetcher(self.data, self.sampler.global_batch, behind=window)
+
+    def cache_stats(self) -> dict | None:
+        """Bytes fetched and refetched from the store, seconds waited for shards (remote only)."""
+        return self.data.cache.stats() if self.data.remote else None
+
     def _stream(self):
         """The stream DALI's outputs are bound to: torch's current one on CUDA (no host sync),
         None on the CPU (outputs complete when they are returned)."""
@@ -280,6 +326,24 @@ class Loader:
             return images.movedim(-1, -3), torch.empty(0, dtype=torch.int64, device=self.device)
         images = torch.empty(shape[:-3] + (3, self.crop, self.crop), dtype=self.dtype, device=self.device)
         return images, torch.empty(0, dtype=torch.int64, device=self.device)
+
+
+def _block_shards(split, data_order: str, block_shards, path, name) -> int:
+    """Shards a block in block order: given, or half of what the cache limit holds (so the next
+    block can be fetched while this one is read); 0 in global order."""
+    if data_order == "global":
+        return 0
+    if not isinstance(block_shards, int) or block_shards < 0:
+        raise LoaderError(f"{path} [{name}]: block_shards must be an integer >= 0 (0: from "
+                          f"cache_limit), got {block_shards!r}")
+    if block_shards:
+        return block_shards
+    limit = split.cache.limit if split.remote else None
+    if limit is None:
+        raise LoaderError(f"{path} [{name}]: data_order=block needs block_shards, or a remote "
+                          f"dataset with a cache_limit to size its blocks")
+    largest = max(e["bytes"] for e in split.entries)
+    return max(1, int(limit // (2 * largest)))
 
 
 def _check(*, batch_size, crop, size, dp_rank, dp_size, n, mean, dtype, lighting, lighting_form,

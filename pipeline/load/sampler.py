@@ -8,6 +8,12 @@ Two rules make a run independent of its dp x mp layout (and resumable on another
 - the random decisions of sample i (crop window, flip, lighting alpha) are drawn for all samples
   at once from (seed, epoch) and indexed by i, never by rank or position in a stream.
 
+Two orders (``data_order``): ``global``, one permutation of the whole split; ``block``, for a
+shard cache smaller than the split (pipeline/store.py): the epoch permutes the shards, takes them
+in blocks of ``block_shards`` and permutes the samples within each block (MosaicML Streaming's
+py1b), so a block's shards are all a stretch of batches reads. Both depend on (seed, epoch) and the
+dataset's shard sizes only: the rules above hold in either.
+
 Exactly once: over an epoch every sample appears once across ranks. With ``drop_last`` the last
 partial global batch is dropped (train default); otherwise it is split as evenly as possible,
 so the ranks of the last step hold sizes that differ by at most one (possibly zero samples on some
@@ -33,10 +39,11 @@ class Decisions:
 
 class Sampler:
     def __init__(self, n: int, batch_size: int, dp_rank: int, dp_size: int, seed: int,
-                 shuffle: bool, drop_last: bool):
+                 shuffle: bool, drop_last: bool, shard_starts=None, block_shards: int = 0):
         self.n, self.batch_size, self.dp_rank, self.dp_size = n, batch_size, dp_rank, dp_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.global_batch = batch_size * dp_size
+        self.shard_starts, self.block_shards = shard_starts, block_shards  # block order when > 0
 
     def __len__(self) -> int:
         """Steps per epoch (the same on every rank)."""
@@ -46,7 +53,10 @@ class Sampler:
     def order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.n)
-        return np.random.default_rng([self.seed, epoch, _ORDER]).permutation(self.n)
+        rng = np.random.default_rng([self.seed, epoch, _ORDER])
+        if self.block_shards:
+            return block_order(self.shard_starts, self.block_shards, rng)
+        return rng.permutation(self.n)
 
     def global_indices(self, order: np.ndarray, step: int) -> np.ndarray:
         return order[step * self.global_batch:(step + 1) * self.global_batch]
@@ -71,3 +81,20 @@ def decisions(n: int, seed: int, epoch: int, size: int, crop: int, flip: bool, l
     heads = rng.random(n) < 0.5
     alpha = rng.normal(0.0, 1.0, (n, 3)) * lighting  # drawn even when lighting=0: same stream
     return Decisions(crop_x, crop_y, heads & flip, alpha)
+
+
+def block_order(starts: np.ndarray, block_shards: int, rng) -> np.ndarray:
+    """The shards permuted, cut into blocks of ``block_shards``, the samples of each block permuted:
+    every index once. ``starts``: each shard's first index, then the total."""
+    starts = np.asarray(starts, np.int64)
+    counts = np.diff(starts)
+    shards = rng.permutation(len(counts))
+    # the sample indices of the shards in permuted order, in one vectorised pass
+    lengths = counts[shards]
+    firsts = np.repeat(starts[shards] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    flat = firsts + np.arange(int(lengths.sum()))
+    bounds = np.concatenate([[0], np.cumsum(lengths)[block_shards - 1::block_shards]])
+    if bounds[-1] != len(flat):
+        bounds = np.append(bounds, len(flat))
+    return np.concatenate([rng.permutation(flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]) \
+        if len(flat) else flat
