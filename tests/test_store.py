@@ -124,6 +124,20 @@ def test_training_from_a_bucket_gives_the_local_losses(env, dataset, tmp_path):
     torchrun(1, *base_args(url, tmp_path / "remote", max_steps=6, cache_dir=str(tmp_path / "cache")))
     a, b = losses(tmp_path / "local"), losses(tmp_path / "remote")
     assert sorted(a) == list(range(1, 7)) and a == b
+    # evaluate and inspect take the URL too: the same figures as on the directory
+    results = {}
+    for name, data in (("local", dataset), ("remote", url)):
+        res = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"),
+                              str(tmp_path / "remote" / "checkpoints" / "latest.pt"), f"--data={data}",
+                              "--ten_crop=False", "--batch_size=4", f"--json={tmp_path / name}.json",
+                              f"--cache_dir={tmp_path / 'cache2'}"],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-3000:]
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())["one_crop"]
+    assert results["local"] == results["remote"]
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_dataset.py"), url, "--verify",
+                          f"--cache_dir={tmp_path / 'cache3'}"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0 and "all checksums match" in res.stdout, res.stderr[-3000:]
 
 
 # -- the cache ------------------------------------------------------------------------------------

@@ -432,13 +432,14 @@ def test_two_different_runs_visible_is_one_clear_error_before_any_step(dataset, 
 
 
 @pytest.mark.timeout(900)
-def test_stopped_mid_epoch_at_2x2_resumes_on_other_layouts_exactly(dataset, tmp_path):
+@pytest.mark.parametrize("order", [{}, {"data_order": "block", "block_shards": 2}], ids=["global", "block"])
+def test_stopped_mid_epoch_at_2x2_resumes_on_other_layouts_exactly(dataset, tmp_path, order):
     """Elastic determinism: stopped at dp x mp = 2 x 2 in the middle of epoch 1, resumed at
     1 x 2, 2 x 1 and 1 x 1 with the same global batch: the per-step losses of an uninterrupted
-    2 x 2 run (fp32, dropout 0), and the cut epoch's train_loss."""
+    2 x 2 run (fp32, dropout 0), and the cut epoch's train_loss. In both sample orders."""
     import shutil
 
-    common = dict(mp=2, max_steps=10, dropout=0.0, eval_every=0)
+    common = dict(mp=2, max_steps=10, dropout=0.0, eval_every=0, **order)
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     torchrun(4, *base_args(dataset, whole, **common))
     torchrun(4, *base_args(dataset, stopped, **dict(common, max_steps=4)))  # 3 steps an epoch

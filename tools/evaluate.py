@@ -18,11 +18,12 @@ from pipeline.cli import run_cli
 
 def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop: bool = True,
          ten_crop: bool = True, batch_size: int = 100, device: str = "auto",
-         precision: str | None = None, json: str | None = None):
+         precision: str | None = None, json: str | None = None, cache_dir: str | None = None):
     """Evaluate CHECKPOINT (from trainer/main.py) on SPLIT of a dataset, one-crop and ten-crop.
 
     checkpoint: a checkpoint file of trainer/main.py: RUN/checkpoints/latest.pt or epochNNN.pt
-    data: the dataset directory (default: the one the run trained on, from the checkpoint's config)
+    data: the dataset directory or its copy in a bucket, s3://bucket/prefix (default: the one the
+        run trained on, from the checkpoint's config)
     split: the split to evaluate (val; train works too, for a look at overfitting)
     one_crop: evaluate the centre crop
     ten_crop: evaluate the ten crops, softmax averaged over them
@@ -30,6 +31,7 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
     device: auto | cpu | cuda (auto: cuda when available)
     precision: fp32 | bf16 | fp16 (default: the run's; fp16 needs CUDA)
     json: also write the results to this JSON file
+    cache_dir: where a bucket's shards are cached (default: the run's, else ~/.cache/alexnet-pipeline/shards)
     """
     import json as jsonlib
 
@@ -56,12 +58,13 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
     if not isinstance(state, dict) or not {"model", "config"} <= set(state):
         raise UsageError(f"{checkpoint}: not a checkpoint of trainer/main.py (no model and config)")
     overrides = {"mp": 1, "device": device, **({"data": data} if data else {}),
+                 **({"cache_dir": cache_dir} if cache_dir else {}),
                  **({"precision": precision} if precision else {})}
     cfg = make_config(None, **{**state["config"], **overrides})  # the checkpoint's layout is mp=1
 
     mesh = init_distributed(1, cfg.device)
     try:
-        ds = open_dataset(cfg.data)
+        ds = open_dataset(cfg.data, cache_dir=cfg.cache_dir or None, cache_limit=cfg.cache_limit or None)
         if split not in ds:
             raise UsageError(f"--split: {ds.root}: no split {split!r}; it has {sorted(ds.splits)}")
         model = model_from_config(cfg, len(ds.classes))
@@ -76,7 +79,7 @@ def main(checkpoint: str, data: str | None = None, split: str = "val", one_crop:
         results = {"checkpoint": str(checkpoint), "step": state.get("step"), "data": str(ds.root),
                    "split": split, "images": len(ds[split])}
         # the inputs the trainer's evaluation saw: the same loaders from the same config
-        loaders = val_loaders(cfg, mesh, split, batch_size, one_crop=one_crop, ten_crop=ten_crop)
+        loaders = val_loaders(cfg, mesh, split, batch_size, one_crop=one_crop, ten_crop=ten_crop, data=ds)
         for kind, key in (("one_crop", "one"), ("ten_crop", "ten")):
             if key in loaders:
                 results[kind] = evaluate(model, loaders[key], mesh, amp, key == "ten", len(ds[split]))

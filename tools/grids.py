@@ -24,7 +24,7 @@ def summary(ds) -> str:
         nbytes = sum(s["bytes"] for s in info["shards"])
         lines.append(f"{name:<9} {len(split)} images in {len(split.shards)} shards, {nbytes / 2**20:.1f} MiB, "
                      f"{info['skipped']} skipped; per class min {counts.min()} max {counts.max()}")
-    skipped = json.loads((ds.root / fmt.SKIPPED).read_text())
+    skipped = json.loads(ds.read_text(fmt.SKIPPED))
     if skipped:
         lines.append(f"skipped   {len(skipped)} inputs, listed in {ds.root / fmt.SKIPPED}")
     lines += [f"stats     over {int(stats['count'])} train images, pixel units 0..255",

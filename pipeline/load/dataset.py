@@ -172,6 +172,10 @@ class Dataset:
             raise FormatError(f"{path}: not the manifest this tool writes (wrong shape: "
                               f"{type(e).__name__}: {e})") from None
 
+    def read_text(self, name: str) -> str:
+        """A small file of the dataset directory (skipped.json, ...), local or in the store."""
+        return self.remote.store.read(name).decode() if self.remote else (self.root / name).read_text()
+
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:
             raise KeyError(f"{self.root}: no split {split!r}; it has {sorted(self.splits)}")
