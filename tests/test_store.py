@@ -21,7 +21,7 @@ import pipeline
 from helpers import MAIN, ROOT, base_args, losses, torchrun
 from pipeline.load.loader import LoaderError
 from pipeline.store import StoreError, parse_bytes
-from s3server import S3Server, apply_env
+from tools.s3server import S3Server
 from tools import synthetic
 from pipeline.prepare.convert import convert
 
@@ -67,6 +67,16 @@ def _batches(loader, epochs=(0,)):
         loader.set_epoch(e)
         out += [(x.clone(), y.clone()) for x, y in loader]
     return out
+
+
+def apply_env(monkeypatch, server: S3Server, **extra) -> None:
+    """The AWS variables of ``server`` in this process (and no profile or config file of the user's)."""
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    for k, v in server.env(**extra).items():
+        monkeypatch.setenv(k, v)
 
 
 # -- no server ---------------------------------------------------------------------------------

