@@ -314,3 +314,36 @@ def test_a_server_that_stops_mid_run_is_named_and_the_run_resumes_when_it_is_bac
         assert sorted(losses(tmp_path / "run")) == list(range(1, 61))
     finally:
         server.stop()
+
+
+# -- the benchmarks ------------------------------------------------------------------------------------
+
+def test_store_benchmark_runs_against_the_server(env, many, tmp_path, capsys):
+    """A smoke run of tools/benchmark.py store on the test server: every row, the same images as
+    the split, the quarter cache refused for the global order and the block order's fetches."""
+    from tools.bench.store import store
+    store(str(many), endpoint=env.endpoint, shards=8, batch_size=4, crop=28, json=str(tmp_path / "s.json"))
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    by = {r["system"]: r for r in rows}
+    assert {"get-s3fs", "fetch-s3fs", "local", "s3-cold", "s3-warm", "block-order", "global-order"} <= set(by)
+    assert by["s3-warm"]["shards_fetched"] == 0
+    assert "global-order-quarter" in by and "or use data_order=block" in by["global-order-quarter"]["refused"]
+    assert sum(by["block-order"]["fetched_per_epoch"]) >= by["block-order"]["split_bytes"]
+
+
+def test_shuffle_benchmark_against_the_uniform_expectation(tmp_path):
+    """Class-mixed shards (the converter's): every order gives uniform sampling's distinct labels
+    per batch, C (1 - (1 - 1/C)^B); one-class shards in blocks of one shard give about 1-2 labels.
+    The cache simulation: block order fetches the split once an epoch, global order far more."""
+    from tools.bench.store import shuffle
+    shuffle(batch_size=32, samples=20_000, classes=10, shard_size=100, blocks="1,8", json=str(tmp_path / "q.json"))
+    saved = json.loads((tmp_path / "q.json").read_text())
+    expected = 10 * (1 - 0.9 ** 32)
+    for r in saved["rows"]:
+        assert r["uniform"] == pytest.approx(expected)
+        if r["layout"].startswith("class-mixed"):
+            assert r["distinct"] == pytest.approx(expected, rel=0.02)
+        elif r["block_shards"] == 1:
+            assert r["distinct"] < 2.1
+    block, glob = (next(r for r in saved["cache"] if r["order"] == o) for o in ("block", "global"))
+    assert block["fetched_bytes"] == block["split_bytes"] and glob["fetched_bytes"] > 5 * glob["split_bytes"]

@@ -570,6 +570,11 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
     """
     import torch
 
+    from pipeline.store import is_url
+    if data is not None and is_url(data):
+        raise UsageError(f"--data={data}: a bucket's dataset is measured by `tools/benchmark.py store "
+                         f"--data=LOCAL_DATASET` (the same loader on s3:// cold and warm beside the local "
+                         f"directory, against a SeaweedFS it starts or --endpoint)")
     batch_size = batch_size or (32 if quick else 256)
     crop = crop or (56 if quick else 224)
     repeats = repeats or (1 if quick else 3)

@@ -10,9 +10,12 @@ them) are uploaded to an S3 server: --endpoint (AWS_ENDPOINT_URL and keys from t
 else a SeaweedFS ``weed mini`` started here on 127.0.0.1 (tools/s3server.py). Then, one process,
 one epoch each, the loader's dali-cpu row (mean="channel", lighting 0, as in the loader benchmark):
 
-    store-get-s3fs     the store alone: every shard object read whole by fsspec/s3fs, FETCH_THREADS
-                       at once (MB/s: the bandwidth the store gives this machine)
-    store-get-obstore  the same with obstore (Rust object_store), the other library considered
+    get-s3fs           the store alone: every shard object read whole into memory by fsspec/s3fs,
+                       FETCH_THREADS at once (MB/s: the bandwidth the store gives this machine)
+    get-obstore        the same with obstore (Rust object_store), the other library considered
+    fetch-s3fs         what the cache does (pipeline.store.Store.download): streamed to a file, its
+                       sha256 computed on the way, FETCH_THREADS shards at once
+    fetch-obstore      the same with obstore's stream
     local              the directory memory-mapped, page cache warm (an epoch run before)
     s3-cold            --data=s3://..., an empty cache: every shard fetched during the epoch
     s3-warm            the same URL and cache, a new loader: every shard already cached
@@ -72,30 +75,52 @@ def _epoch(loader, epoch: int) -> tuple[int, float]:
     return n, time.perf_counter() - t
 
 
-def _get_all(store_url: str, entries: list[dict], threads: int, library: str) -> float:
-    """Seconds to read every object whole with ``library``."""
+def _get_all(store_url: str, entries: list[dict], threads: int, library: str, to_disk: Path | None) -> float:
+    """Seconds to read every object whole with ``library`` ("s3fs": pipeline.store.Store, the
+    cache's own path; "obstore"), into memory (``to_disk`` None), or as the cache fetches: streamed
+    to a file in ``to_disk`` with its sha256 computed on the way."""
+    import hashlib
     if library == "s3fs":
         from pipeline.store import Store
         store = Store(store_url)
         get = lambda e: len(store.read(e["file"]))  # noqa: E731
+        fetch = lambda e: store.download(e["file"], to_disk / e["sha256"])  # noqa: E731
     else:
         import obstore
         from obstore.store import S3Store
         bucket, _, prefix = store_url[len("s3://"):].partition("/")
-        st = S3Store(bucket, endpoint=os.environ["AWS_ENDPOINT_URL"], region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-                     client_options={"allow_http": True})
+        st = S3Store(bucket, endpoint=os.environ["AWS_ENDPOINT_URL"],
+                     region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), client_options={"allow_http": True})
         get = lambda e: len(obstore.get(st, f"{prefix}/{e['file']}").bytes())  # noqa: E731
+
+        def fetch(e):
+            h = hashlib.sha256()
+            with open(to_disk / e["sha256"], "wb") as out:
+                for block in obstore.get(st, f"{prefix}/{e['file']}").stream(min_chunk_size=8 << 20):
+                    h.update(memoryview(block))
+                    out.write(memoryview(block))
+            return h.hexdigest()
+    if to_disk is not None:
+        shutil.rmtree(to_disk, ignore_errors=True)
+        to_disk.mkdir(parents=True)
     t = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        total = sum(pool.map(get, entries))
-    assert total == sum(e["bytes"] for e in entries)
-    return time.perf_counter() - t
+        done = list(pool.map(get if to_disk is None else fetch, entries))
+    seconds = time.perf_counter() - t
+    if to_disk is None:
+        assert sum(done) == sum(e["bytes"] for e in entries)
+    else:
+        assert done == [e["sha256"] for e in entries]
+        shutil.rmtree(to_disk)
+    return seconds
 
 
 def store(data: str, endpoint: str | None = None, shards: int = 12, batch_size: int = 256, crop: int = 224,
           json: str = "bench_out/store.json", quick: bool = False):
     """The loader on s3:// vs the local directory (see tools/bench/store.py)."""
     import pipeline
+    from pipeline.load.loader import LoaderError, default_threads
+    from pipeline.load.prefetch import needed_bytes
     from pipeline.store import FETCH_THREADS, ShardCache, human
 
     paths = [Path(p) for p in str(data).split(",")]
@@ -114,7 +139,7 @@ def store(data: str, endpoint: str | None = None, shards: int = 12, batch_size: 
             os.environ.update(server.env())
         else:
             os.environ["AWS_ENDPOINT_URL"] = endpoint
-        threads = pipeline.load.loader.default_threads()[0]
+        threads = default_threads()[0]
         for k, path in enumerate(paths):
             view = _view(path, shards, root / f"view{k}")
             manifest = jsonlib.loads((view / "manifest.json").read_text())
@@ -142,11 +167,12 @@ def store(data: str, endpoint: str | None = None, shards: int = 12, batch_size: 
                       f"{seconds:>7.2f} s {shown}", flush=True)
 
             for library in ("s3fs", "obstore"):
-                try:
-                    row(f"store-get-{library}", 0, _get_all(url, entries, FETCH_THREADS, library),
-                        threads=FETCH_THREADS)
-                except ImportError as e:
-                    print(f"store-get-{library} skipped: {e}")
+                for kind, to_disk in (("get", None), ("fetch", root / "fetched")):
+                    try:
+                        row(f"{kind}-{library}", 0, _get_all(url, entries, FETCH_THREADS, library, to_disk),
+                            threads=FETCH_THREADS)
+                    except ImportError as e:
+                        print(f"{kind}-{library} skipped: {e}")
             local = pipeline.build_loader(view, "train", **common)
             _epoch(local, 0)  # the page cache warm, DALI's graph built
             row("local", *_epoch(local, 1))
@@ -173,10 +199,9 @@ def store(data: str, endpoint: str | None = None, shards: int = 12, batch_size: 
                 try:
                     loader = pipeline.build_loader(url, "train", cache_limit=limit, **kw)
                     used_limit = limit
-                except pipeline.load.loader.LoaderError as e:
+                except LoaderError as e:
                     print(f"{enc:<5} {order}-order at {human(limit)}: refused: {e}")
                     rows.append({**base, "system": f"{order}-order-quarter", "refused": str(e), "cache_limit": limit})
-                    from pipeline.load.prefetch import needed_bytes
                     probe = pipeline.build_loader(view, "train", **common)
                     need, _ = needed_bytes(probe.data, probe.plan(0)[0], probe.sampler.global_batch,
                                            probe.prefetch + 2)
@@ -256,8 +281,10 @@ def shuffle(batch_size: int = 256, samples: int = 1_281_167, classes: int = 1000
             rows.append({"bench": "shuffle", "layout": layout, "order": "global" if not block else "block",
                          "block_shards": block, "block_samples": block * shard_size, "distinct": distinct,
                          "uniform": expected, "ratio": distinct / expected})
+    cache_rows = _cache_simulation(starts, batch_size, seed, shard_bytes=shard_size * 256 * 256 * 3)
     Path(json).parent.mkdir(parents=True, exist_ok=True)
-    Path(json).write_text(jsonlib.dumps({"rows": rows, **bench.environment()}, indent=1, default=str))
+    Path(json).write_text(jsonlib.dumps({"rows": rows, "cache": cache_rows, **bench.environment()},
+                                        indent=1, default=str))
     lines = [f"distinct labels per batch of {batch_size}, {samples:,} samples, {classes} classes, shards of "
              f"{shard_size}; uniform sampling: {expected:.1f}", "",
              "| shards | order | block (shards / samples) | distinct labels per batch | vs uniform |",
@@ -265,4 +292,44 @@ def shuffle(batch_size: int = 256, samples: int = 1_281_167, classes: int = 1000
     for r in rows:
         blk = "–" if not r["block_shards"] else f"{r['block_shards']} / {r['block_samples']:,}"
         lines.append(f"| {r['layout']} | {r['order']} | {blk} | {r['distinct']:.1f} | {r['ratio']:.3f} |")
+    lines += ["", f"a cache of a quarter of the split ({cache_rows[0]['cache_shards']} of {len(starts) - 1} shards of "
+              f"{cache_rows[0]['shard_bytes'] / 1e6:.0f} MB, raw 256 px): simulated with the sampler's order, "
+              f"least recently used shard evicted", "",
+              "| order | block (shards) | shards the 4 batches in flight touch (most) | fetched per epoch | x the split |",
+              "|---|--:|--:|--:|--:|"]
+    for r in cache_rows:
+        lines.append(f"| {r['order']} | {r['block_shards'] or '–'} | {r['in_flight_shards']} | "
+                     f"{r['fetched_bytes'] / 1e12:.2f} TB | {r['fetched_bytes'] / r['split_bytes']:.2f} |")
     print("\n".join(lines))
+
+
+def _cache_simulation(starts: np.ndarray, batch: int, seed: int, shard_bytes: int, share: float = 0.25,
+                      in_flight: int = 4) -> list[dict]:
+    """Shards fetched in one epoch, the cache empty at its start and holding ``share`` of the
+    shards, least recently used evicted, for the global order and a block order of half the cache:
+    the sampler's order, no data. Also the most shards ``in_flight`` consecutive batches touch."""
+    from collections import OrderedDict
+    n_shards = len(starts) - 1
+    capacity = int(n_shards * share)
+    rows = []
+    for block in (0, capacity // 2):
+        sampler = Sampler(int(starts[-1]), batch, 0, 1, seed, shuffle=True, drop_last=True,
+                          shard_starts=starts, block_shards=block)
+        shard = np.searchsorted(starts, sampler.order(0), side="right") - 1
+        steps = len(shard) // batch
+        per_step = [np.unique(s) for s in shard[:steps * batch].reshape(steps, batch)]
+        widest = max(len(np.unique(np.concatenate(per_step[i:i + in_flight]))) for i in range(steps - in_flight + 1))
+        cache, fetched = OrderedDict(), 0
+        for need in per_step:
+            for k in need.tolist():
+                if k in cache:
+                    cache.move_to_end(k)
+                else:
+                    fetched += 1
+                    cache[k] = True
+                    if len(cache) > capacity:
+                        cache.popitem(last=False)
+        rows.append({"order": "block" if block else "global", "block_shards": block, "cache_shards": capacity,
+                     "shard_bytes": shard_bytes, "split_bytes": n_shards * shard_bytes,
+                     "in_flight_shards": int(widest), "fetched_bytes": fetched * shard_bytes})
+    return rows
