@@ -169,14 +169,25 @@ class Store:
     def read_range(self, name: str, start: int, end: int) -> bytes:
         return self._call(name, self.fs.cat_file, f"{self.root}/{name}", start=start, end=end)
 
-    def download(self, name: str, dest: Path, chunk: int = 8 << 20) -> str:
-        """Stream the object into ``dest`` (created or truncated); its sha256."""
+    def download(self, name: str, dest: Path, size: int | None = None, chunk: int = 8 << 20) -> str:
+        """Stream the object into ``dest`` (created or truncated) in ``chunk``-byte ranged reads;
+        its sha256. ``size`` (known from the manifest) spares the HEAD request; an object of at
+        most one chunk is one GET."""
+        path = f"{self.root}/{name}"
+
         def once():
             h = hashlib.sha256()
-            with self.fs.open(f"{self.root}/{name}", "rb", block_size=chunk) as src, open(dest, "wb") as out:
-                while block := src.read(chunk):
+            with open(dest, "wb") as out:
+                if size is not None and size <= chunk:
+                    block = self.fs.cat_file(path)
                     h.update(block)
                     out.write(block)
+                    return h.hexdigest()
+                opts = {"size": size} if size is not None else {}
+                with self.fs.open(path, "rb", block_size=chunk, **opts) as src:
+                    while block := src.read(chunk):
+                        h.update(block)
+                        out.write(block)
             return h.hexdigest()
         return self._call(name, once)
 
@@ -301,7 +312,7 @@ class ShardCache:
                 try:
                     for attempt in (1, 2):
                         try:
-                            digest = self.store.download(entry["file"], tmp)
+                            digest = self.store.download(entry["file"], tmp, entry["bytes"])
                         except OSError as e:
                             if e.errno in NO_SPACE:
                                 raise StoreError(f"cache_dir {self.dir}: out of space while fetching "

@@ -274,7 +274,7 @@ def test_a_cache_that_cannot_hold_the_data_is_one_line_before_step_1(env, datase
     monkeypatch.undo()
     apply_env(monkeypatch, env)
 
-    def full(self, name, dest, chunk=0):
+    def full(self, name, dest, size=None, chunk=0):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(store.Store, "download", full)
     loader = pipeline.build_loader(url, "train", batch_size=4, crop=28, device="cpu", cache_dir=tmp_path / "n")

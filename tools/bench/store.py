@@ -84,7 +84,7 @@ def _get_all(store_url: str, entries: list[dict], threads: int, library: str, to
         from pipeline.store import Store
         store = Store(store_url)
         get = lambda e: len(store.read(e["file"]))  # noqa: E731
-        fetch = lambda e: store.download(e["file"], to_disk / e["sha256"])  # noqa: E731
+        fetch = lambda e: store.download(e["file"], to_disk / e["sha256"], e["bytes"])  # noqa: E731
     else:
         import obstore
         from obstore.store import S3Store
