@@ -207,7 +207,7 @@ class ShardCache:
     def for_store(cls, store: Store, cache_dir=None, cache_limit=None) -> "ShardCache":
         """One cache object per (store, directory) in a process: the loaders of one dataset share it."""
         cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        key = (store.url, str(cache_dir.resolve()) if cache_dir.exists() else str(cache_dir))
+        key = (store.url, os.path.abspath(cache_dir))
         with cls._instances_lock:
             cache = cls._instances.get(key)
             if cache is None or cache.closed:

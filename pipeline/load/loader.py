@@ -227,6 +227,8 @@ class Loader:
         loader is garbage collected and at interpreter exit)."""
         if self._feed is not None:
             self._finalizer()
+        if self._prefetch is not None:
+            self._prefetch.close()  # its shards are no longer protected from eviction
 
     def _advance(self, epoch: int, step: int, steps: int) -> None:
         """Position after yielding ``step``; after the last one it is the next epoch's start, so a

@@ -16,9 +16,10 @@ one epoch each, the loader's dali-cpu row (mean="channel", lighting 0, as in the
     fetch-s3fs         what the cache does (pipeline.store.Store.download): streamed to a file, its
                        sha256 computed on the way, FETCH_THREADS shards at once
     fetch-obstore      the same with obstore's stream
-    local              the directory memory-mapped, page cache warm (an epoch run before)
     s3-cold            --data=s3://..., an empty cache: every shard fetched during the epoch
+    local              the directory memory-mapped, page cache warm (an epoch run before)
     s3-warm            the same URL and cache, a new loader: every shard already cached
+                       (local and s3-warm: --epochs epochs each, alternated; the median epoch)
 
 and, raw only, with cache_limit a quarter of the shards' bytes, two epochs each:
 
@@ -116,7 +117,7 @@ def _get_all(store_url: str, entries: list[dict], threads: int, library: str, to
 
 
 def store(data: str, endpoint: str | None = None, shards: int = 12, batch_size: int = 256, crop: int = 224,
-          json: str = "bench_out/store.json", quick: bool = False):
+          epochs: int = 5, json: str = "bench_out/store.json", quick: bool = False):
     """The loader on s3:// vs the local directory (see tools/bench/store.py)."""
     import pipeline
     from pipeline.load.loader import LoaderError, default_threads
@@ -173,10 +174,6 @@ def store(data: str, endpoint: str | None = None, shards: int = 12, batch_size: 
                             threads=FETCH_THREADS)
                     except ImportError as e:
                         print(f"{kind}-{library} skipped: {e}")
-            local = pipeline.build_loader(view, "train", **common)
-            _epoch(local, 0)  # the page cache warm, DALI's graph built
-            row("local", *_epoch(local, 1))
-            local.close()
             cache = root / f"cache{k}"
             cold = pipeline.build_loader(url, "train", cache_dir=cache, **common)
             cold.prepare()
@@ -185,10 +182,19 @@ def store(data: str, endpoint: str | None = None, shards: int = 12, batch_size: 
                 waited_s=cold.cache_stats()["waited_s"])
             cold.close()
             ShardCache._instances.clear()  # a new cache object on the warm directory (a new process's)
+            local = pipeline.build_loader(view, "train", **common)
             warm = pipeline.build_loader(url, "train", cache_dir=cache, **common)
-            _epoch(warm, 0)
-            n, s = _epoch(warm, 1)
-            row("s3-warm", n, s, fetched=0, shards_fetched=warm.cache_stats()["shards_fetched"])
+            for loader in (local, warm):
+                _epoch(loader, 0)  # the page cache warm, DALI's graph built
+            times = {"local": [], "s3-warm": []}
+            for epoch in range(1, 1 + (1 if quick else epochs)):  # alternated: the same machine state
+                for name, loader in (("local", local), ("s3-warm", warm)):
+                    times[name].append(_epoch(loader, epoch))
+            for name, runs in times.items():
+                n, s = sorted(runs, key=lambda r: r[1])[len(runs) // 2]  # the median epoch
+                row(name, n, s, fetched=0 if name == "s3-warm" else None, epochs=len(runs),
+                    **({"shards_fetched": warm.cache_stats()["shards_fetched"]} if name == "s3-warm" else {}))
+            local.close()
             warm.close()
             if enc != "raw":
                 continue
@@ -244,7 +250,8 @@ def store_table(rows: list[dict]) -> str:
                          f"refused at start: {r['refused'].split(': ', 1)[1]} |")
             continue
         ratio = f"{r['images_per_s'] / local[r['encoding']]:.2f}x" if r.get("images_per_s") and local.get(r["encoding"]) else "–"
-        fetched = " / ".join(f"{gb(f)} / {gb(x)}" for f, x in zip(r.get("fetched_per_epoch", []), r.get("refetched_per_epoch", []))) or "–"
+        fetched = "; ".join(f"{gb(f)} / {gb(x)}" for f, x in zip(r.get("fetched_per_epoch", []),
+                                                                r.get("refetched_per_epoch", []))) or "–"
         limit = gb(r["cache_limit"]) if r.get("cache_limit") else "–"
         ips = f"{r['images_per_s']:,.0f}" if r.get("images_per_s") else "–"
         lines.append(f"| {r['encoding']} {r['size']}px, {r['shards']} shards | {r['system']} | {ips} | "
