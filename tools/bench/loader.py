@@ -427,15 +427,23 @@ def _prepare_data(root: Path, images: int, size: int, quick: bool) -> tuple[Path
     return src, data
 
 
-def _beton(data: Path, root: Path) -> Path:
+def _beton(data: Path, root: Path, ffcv_source: Path | None = None) -> Path:
     """The train split as .beton under ``root``, named after the dataset's manifest (whose shard
-    checksums identify the data), so a cached export is reused only for the same data."""
+    checksums identify the data), so a cached export is reused only for the same data. A JPEG
+    dataset gets FFCV's JPEG mode at the same quality, encoded from ``ffcv_source`` (the raw
+    dataset converted from the same inputs: the pixels our JPEG shards encoded) if given, else
+    from the decoded JPEG shards (encoded twice then)."""
     from tools.export_ffcv import export_beton
 
-    out = root / f"train-{hashlib.sha256((data / 'manifest.json').read_bytes()).hexdigest()[:16]}.beton"
+    manifest = jsonlib.loads((data / "manifest.json").read_text())
+    jpeg = manifest["encoding"] == "jpeg"
+    source = ffcv_source if jpeg and ffcv_source else data
+    tag = hashlib.sha256((source / "manifest.json").read_bytes()).hexdigest()[:16]
+    out = root / (f"train-{tag}-jpg{manifest['quality']}.beton" if jpeg else f"train-{tag}.beton")
     if out.exists():
         return out
-    partial = export_beton(data, "train", out.with_suffix(".partial"), overwrite=True)  # a crashed run's leftover
+    mode = dict(write_mode="jpg", quality=int(manifest["quality"])) if jpeg else {}
+    partial = export_beton(source, "train", out.with_suffix(".partial"), overwrite=True, **mode)  # a crashed run's leftover
     return partial.replace(out)  # only a finished export gets the name that is reused
 
 
@@ -551,7 +559,7 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
            batch_size: int | None = None, crop: int | None = None, steps: int | None = None,
            seconds: float | None = None, repeats: int | None = None, images: int | None = None,
            cache: str | None = None, quick: bool = False, extras: bool | None = None,
-           redo: int | None = None):
+           redo: int | None = None, ffcv_source: str | None = None):
     """Loader images/s: DALI (GPU if present, CPU) vs FFCV's Loader vs a torch DataLoader.
 
     data: a dataset from tools/prepare_imagenet.py (default: generate and convert one)
@@ -567,6 +575,8 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
     quick: a smoke test: small generated data, short runs
     extras: the second table (FFCV's native layout, the feed alone, a numpy copy); default: not with --quick
     redo: at most this many runs redone when other work used the machine (default: 2 x repeats, 0 with --quick)
+    ffcv_source: with a JPEG --data, the raw dataset converted from the same inputs: FFCV's JPEG mode
+        encodes its pixels at --data's quality (default: the decoded JPEG shards, encoded again)
     """
     import torch
 
@@ -622,8 +632,12 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
         try:
             from tools.export_ffcv import require_ffcv
             require_ffcv()
-            beton = _beton(data, root)
+            beton = _beton(data, root, Path(ffcv_source) if ffcv_source else None)
             notes["ffcv"] = "numba pipeline; channels_last -> NCHW copy timed"
+            if ds.encoding == "jpeg":
+                q = ds.manifest["quality"]
+                notes["ffcv"] += (f"; FFCV's JPEG mode, quality {q}, encoded from "
+                                  + (f"{ffcv_source} (the same pixels)" if ffcv_source else "our decoded JPEGs"))
         except ImportError as e:
             skipped["ffcv"] = f"not measured ({e})"
         if source is not None:
