@@ -14,6 +14,11 @@ taking ``device`` ("cpu" | "gpu") whose graph reads the two external sources the
 two outputs as torch tensors, unconverted (no crop, cast or layout change; the augmentation
 arguments are unused). tools/bench/graphs.py holds the benchmark's.
 
+``path`` may be a bucket's URL (``s3://bucket/prefix``): shards are then fetched ahead of the
+order into ``cache_dir`` (at most ``cache_limit`` bytes; pipeline/store.py, prefetch.py), and
+``data_order="block"`` takes the shards in blocks of ``block_shards`` that fit such a cache
+(sampler.py).
+
 One DALI pipeline (pipeline/load/graphs.py) serves the loader for its whole life; an epoch only
 changes what is fed. Each batch's samples are located with one vectorised search, gathered by
 worker threads from the memory-mapped shards into a ring of reusable (pinned on CUDA) buffers
