@@ -21,6 +21,8 @@ crop x crop windows, mirrored with p = 0.5, normalised with the dataset's per-ch
 Further figures, in a second table ("extras"), same run, same data:
 
     ffcv-channels-last FFCV's native output (NCHW view of NHWC memory), without the copy above
+    dali-cpu-channels-last  dali-cpu with channels_last=True: the same layout as FFCV's native output
+                       (crop_mirror_normalize writes HWC; NCHW view of it), like for like with the row above
     dali-feed          the feed alone: our gather into the reused buffers and DALI's hand-off of
                        the stored uint8 (B, S, S, 3) batch, read in place as training reads it; the
                        graph outputs only the samples' shapes (tools/bench/graphs.py handoff_pipeline); also at a
@@ -85,7 +87,7 @@ LOADER_COLUMNS = [("system", "system", "s"), ("batch", "batch_size", "d"), ("cro
                   ("epoch start / batch", "epoch_start_over_median", ".2f"),
                   ("anon MB first, last epoch", "rss_anon_mb", "s"), ("note", "note", "s")]
 SYSTEMS = ("dali-gpu", "dali-cpu", "dali-cpu+lighting", "ffcv", "torch-dataloader")  # table order
-EXTRAS = ("ffcv-channels-last", "dali-feed", "dali-feed-quarter", "dali-feed+copy-out", "numpy-copy")
+EXTRAS = ("ffcv-channels-last", "dali-cpu-channels-last", "dali-feed", "dali-feed-quarter", "dali-feed+copy-out", "numpy-copy")
 ROOT = Path(__file__).resolve().parents[2]
 QUICK_SIZES = ((96, 72), (72, 96), (120, 90))  # tiny JPEGs for --quick
 
@@ -280,11 +282,12 @@ def _cycle(epoch_iter, tracker: Tracker):
         tracker.epoch += 1
 
 
-def _dali(data, batch_size, crop, workers, device, mean, lighting, tracker, graph=None):
+def _dali(data, batch_size, crop, workers, device, mean, lighting, tracker, graph=None, channels_last=False):
     from pipeline.load.loader import Loader
 
     loader = Loader(data, "train", batch_size=batch_size, crop=crop, device=device, mean=mean,
-                    lighting=lighting, flip=True, num_threads=workers, graph=graph)
+                    lighting=lighting, flip=True, num_threads=workers, graph=graph,
+                    channels_last=channels_last)
 
     def epoch_iter(epoch):
         loader.set_epoch(epoch)
@@ -460,8 +463,8 @@ def _extra_ratios(extras: list[dict], rows: list[dict]) -> None:
     """The dali rows against FFCV's native layout; the feed rows against the numpy copy."""
     by = {r["system"]: r for r in rows + extras}
     native, copy = by.get("ffcv-channels-last"), by.get("numpy-copy")
-    for r in rows:
-        if r["system"].startswith("dali") and native:
+    for r in rows + extras:
+        if r["system"].startswith("dali") and not r["system"].startswith("dali-feed") and native:
             r["ratio_vs_ffcv_channels_last"] = r["images_per_s"] / native["images_per_s"]
     for r in extras:
         if r["system"].startswith("dali-feed") and copy:
@@ -483,6 +486,8 @@ def _measure(spec: dict) -> dict:
     if system in ("dali-gpu", "dali-cpu"):
         next_batch = _dali(data, b, crop, workers, "cuda" if system == "dali-gpu" else "cpu", "channel",
                            0.0, tracker)
+    elif system == "dali-cpu-channels-last":
+        next_batch = _dali(data, b, crop, workers, "cpu", "channel", 0.0, tracker, channels_last=True)
     elif system == "dali-cpu+lighting":
         next_batch = _dali(data, b, crop, workers, "cpu", "pixel", 0.1, tracker)
     elif system.startswith("dali-feed"):
@@ -508,7 +513,9 @@ def _measure(spec: dict) -> dict:
         want = (b, ds.size, ds.size, 3)
         if tuple(images.shape) != want or images.dtype not in (torch.uint8, np.uint8):
             raise AssertionError(f"{system}: {tuple(images.shape)} {images.dtype}, expected {want} uint8")
-    elif system == "ffcv-channels-last":
+    elif system in ("ffcv-channels-last", "dali-cpu-channels-last"):
+        if not images.is_contiguous(memory_format=torch.channels_last):
+            raise AssertionError(f"{system}: not channels_last (strides {images.stride()})")
         _check_batch(system, images.contiguous(), labels, b, crop, device, per_channel=True)
     else:
         _check_batch(system, images, labels, b, crop, device, per_channel=system != "dali-cpu+lighting")
@@ -647,6 +654,7 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
         if extras:
             if beton is not None:
                 notes["ffcv-channels-last"] = "FFCV's native output: NCHW view of NHWC memory, no copy"
+            notes["dali-cpu-channels-last"] = "dali-cpu, channels_last=True: FFCV's native layout"
             if ds.encoding == "raw":
                 notes["dali-feed"] = ("gather into the reused buffers + DALI hand-off, uint8, read in "
                                       "place, no augmentation (outputs the shapes)")
@@ -718,9 +726,9 @@ def _report(rows: list[dict], extras: list[dict], skipped: dict, json_path, titl
     extra = _extras_table(extras, skipped)
     if extra:
         print("\n" + extra)
-        if rows and any("ratio_vs_ffcv_channels_last" in r for r in rows):
+        if any("ratio_vs_ffcv_channels_last" in r for r in rows + extras):
             print("\n" + "\n".join(f"{r['system']}: {r['ratio_vs_ffcv_channels_last']:.2f}x FFCV channels_last"
-                                   for r in rows if "ratio_vs_ffcv_channels_last" in r))
+                                   for r in rows + extras if "ratio_vs_ffcv_channels_last" in r))
     Path(json_path).write_text(jsonlib.dumps({"rows": rows, "extras": extras, "not_measured": skipped},
                                              indent=1) + "\n")
 
