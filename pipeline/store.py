@@ -143,8 +143,8 @@ class Store:
             except StoreError:
                 raise
             except OSError as e:
-                if e.errno in NO_SPACE:
-                    raise
+                if e.errno in NO_SPACE or e.filename is not None:
+                    raise  # the local disk (full, unwritable): the cache names it, no retry
                 last = e
             except (TypeError, AttributeError, NameError, AssertionError):
                 raise  # a bug (ours or a library's API), not the store: keep the traceback
@@ -319,7 +319,9 @@ class ShardCache:
                                                  f"{self.store.object_url(entry['file'])} "
                                                  f"({human(entry['bytes'])}): free space or "
                                                  f"lower cache_limit") from None
-                            raise
+                            raise StoreError(f"cache_dir {self.dir}: cannot write {e.filename} "
+                                             f"({e.strerror or e}) while fetching "
+                                             f"{self.store.object_url(entry['file'])}") from None
                         size = tmp.stat().st_size
                         if digest == entry["sha256"] and size == entry["bytes"]:
                             break

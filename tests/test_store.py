@@ -281,6 +281,13 @@ def test_a_cache_that_cannot_hold_the_data_is_one_line_before_step_1(env, datase
     with pytest.raises(StoreError, match=r"cache_dir .*/n: out of space while fetching s3://space/ds/train/0000"):
         next(iter(loader))
 
+    def unwritable(self, name, dest, size=None, chunk=0):
+        raise PermissionError(13, "Permission denied", str(dest))
+    monkeypatch.setattr(store.Store, "download", unwritable)
+    loader = pipeline.build_loader(url, "train", batch_size=4, crop=28, device="cpu", cache_dir=tmp_path / "w")
+    with pytest.raises(StoreError, match=r"cache_dir .*/w: cannot write .*Permission denied.*s3://space/ds/train/0000"):
+        next(iter(loader))
+
 
 def test_a_server_that_stops_mid_run_is_named_and_the_run_resumes_when_it_is_back(many, tmp_path):
     """The store stops while the trainer runs with a cache of 16 of the 40 shards (it must fetch
