@@ -133,6 +133,7 @@ if __name__ == "__main__":
     import signal
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `finally` stops weed too
     server = S3Server(Path(sys.argv[1])).start()
+    (Path(sys.argv[1]) / "weed.pid").write_text(str(server.proc.pid))  # for a caller's last resort
     print(server.endpoint, flush=True)
     try:
         server.proc.wait()
