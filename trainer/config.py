@@ -271,15 +271,11 @@ def save(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def dataset_identity(data) -> dict:
+def dataset_identity(ds) -> dict:
     """What the dataset is, wherever it lies: manifest.json lists every shard's and the statistics'
     sha256, so its own sha256 names the content (a moved, copied or uploaded dataset keeps it).
-    ``data``: an open Dataset (a bucket's too) or a dataset directory."""
-    from pipeline import Dataset
-    from pipeline.fileio import sha256_file
-    if isinstance(data, Dataset):
-        return {"manifest_sha256": data.manifest_sha256}
-    return {"manifest_sha256": sha256_file(Path(data) / "manifest.json")}
+    ``ds``: the open pipeline.Dataset (a directory's or a bucket's)."""
+    return {"manifest_sha256": ds.manifest_sha256}
 
 
 def check_resume(saved: dict, cfg: Config, saved_dataset: dict | None = None,

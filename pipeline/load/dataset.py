@@ -132,7 +132,7 @@ class Dataset:
             remote = _Remote(str(root), cache_dir, cache_limit)
             self.root = root = remote.root
             path = root / fmt.MANIFEST
-            text = remote.manifest_text()
+            raw = remote.manifest_bytes()
         else:
             self.root = root = Path(root)
             path = root / fmt.MANIFEST
@@ -140,12 +140,13 @@ class Dataset:
                 hint = (" (an unfinished conversion: re-run tools/prepare_imagenet.py to finish it)"
                         if (root / ".work").exists() else "")
                 raise FormatError(f"{path}: missing; {root} is not a dataset{hint}")
-            text = None
+            raw = None
         self.remote = remote
         try:
-            text = path.read_text() if text is None else text
-            self.manifest_sha256 = hashlib.sha256(text.encode()).hexdigest()
-            self.manifest = json.loads(text)
+            raw = path.read_bytes() if raw is None else raw
+            # the file's own bytes: what names the dataset's content (trainer/config.py)
+            self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
+            self.manifest = json.loads(raw)
         except (OSError, ValueError) as e:
             raise FormatError(f"{path}: unreadable ({e})") from None
         if not isinstance(self.manifest, dict):
@@ -323,9 +324,9 @@ class _Remote:
         self.root = _URLPath(self.store.url)
         self.cache = ShardCache.for_store(self.store, cache_dir, cache_limit)
 
-    def manifest_text(self) -> str:
+    def manifest_bytes(self) -> bytes:
         try:
-            return self.store.read(fmt.MANIFEST).decode()
+            return self.store.read(fmt.MANIFEST)
         except StoreError as e:
             if "no such object" in str(e):
                 raise FormatError(f"{self.root / fmt.MANIFEST}: missing; {self.root} is not a dataset "

@@ -23,21 +23,24 @@ import numpy as np
 _ids = itertools.count()
 
 
-def step_shards(split, order: np.ndarray, global_batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pair_step, pair_shard): every (global step, shard) an epoch touches, sorted by step."""
+def step_shards(split, order: np.ndarray, global_batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pair_step, pair_shard, starts): every (global step, shard) an epoch touches, sorted by
+    step, and where each step's pairs begin (then their total): step s's shards are
+    ``pair_shard[starts[s]:starts[s + 1]]``."""
     shard = split.locate_many(order)[0]
     n = len(split.shards)
     key = np.unique((np.arange(len(order)) // global_batch) * n + shard)
-    return key // n, key % n
+    step = key // n
+    steps = int(step[-1]) + 1 if len(step) else 0
+    return step, key % n, np.searchsorted(step, np.arange(steps + 1))
 
 
 def needed_bytes(split, order: np.ndarray, global_batch: int, window: int) -> tuple[int, int]:
     """(bytes, step): the most shard bytes any ``window`` consecutive global batches touch, and the
     first step of that window."""
-    step, shard = step_shards(split, order, global_batch)
+    _, shard, starts = step_shards(split, order, global_batch)
     sizes = np.array([e["bytes"] for e in split.entries], np.int64)
-    steps = int(step[-1]) + 1 if len(step) else 0
-    starts = np.searchsorted(step, np.arange(steps + 1))
+    steps = len(starts) - 1
     best, at = 0, 0
     for s in range(max(1, steps - window + 1)):
         need = int(sizes[np.unique(shard[starts[s]:starts[min(steps, s + window)]])].sum())
@@ -64,11 +67,10 @@ class Prefetcher:
         if epoch != self.epoch:
             self.history.append((epoch, self.cache.stats()))
             if self.epoch is not None:
-                steps = int(self.step[-1]) + 1 if len(self.step) else 0
+                steps = len(self.starts) - 1
                 self.tail = set(self._shards(max(0, steps - self.behind), steps).tolist())
             self.epoch = epoch
-            self.step, self.shard = step_shards(self.split, order, self.global_batch)
-            self.starts = np.searchsorted(self.step, np.arange(int(self.step[-1]) + 2 if len(self.step) else 1))
+            self.step, self.shard, self.starts = step_shards(self.split, order, self.global_batch)
             self.refresh_at = 0
         elif step >= self.behind:
             self.tail = set()
