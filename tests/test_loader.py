@@ -48,6 +48,64 @@ def test_train_matches_numpy_reference(dataset, mean, form):
             assert y[k] == ds["train"][int(i)][1]
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("mean", ["channel", "none"])
+def test_train_without_lighting_matches_numpy_reference(dataset, mean, channels_last):
+    """No lighting: the graph's mean is a constant. Where the gatherer cuts the windows (no mean
+    image), the crop positions and flips reach the pixels through it, not through DALI."""
+    ds = pipeline.open_dataset(dataset)
+    loader = pipeline.build_loader(dataset, "train", batch_size=4, crop=21, device="cpu", seed=5,
+                                   lighting=0.0, mean=mean, drop_last=False, channels_last=channels_last)
+    assert loader.precrop
+    _, d = loader.plan(0)
+    assert d.flip.any() and (~d.flip).any() and len(set(d.crop_x)) > 3 and len(set(d.crop_y)) > 3
+    for step, (x, y) in enumerate(run_epoch(loader)):
+        idx = loader.indices(0, step)
+        assert x.shape == (len(idx), 3, 21, 21)
+        for k, i in enumerate(idx):
+            ref = reference(ds, "train", i, d.crop_x[i], d.crop_y[i], d.flip[i], np.zeros(3), 21, mean)
+            np.testing.assert_allclose(x[k].numpy(), ref, rtol=0, atol=2e-4)
+            assert y[k] == ds["train"][int(i)][1]
+
+
+@pytest.mark.parametrize("mean,batch_size,threads", [("channel", 4, 2), ("none", 6, 4), ("channel", 8, 3)])
+def test_val_centre_crop_matches_numpy_reference_without_a_mean_image(dataset, mean, batch_size, threads):
+    """The gatherer cuts the windows; each batch is fed as a few equal sequences (8 val samples:
+    batches of 4 as 2 x 2; of 6 then 2 as 3 x 2 then 2 x 1; of 8 with 3 threads as 2 x 4)."""
+    from pipeline.load.feed import _parts
+    assert (_parts(4, 2), _parts(6, 4), _parts(2, 4), _parts(8, 3), _parts(7, 4)) == (2, 3, 2, 2, 1)
+    ds = pipeline.open_dataset(dataset)
+    loader = pipeline.build_loader(dataset, "val", batch_size=batch_size, crop=25, device="cpu",
+                                   mean=mean, num_threads=threads)
+    assert loader.precrop
+    seen = []
+    for step, (x, y) in enumerate(run_epoch(loader)):
+        for k, i in enumerate(loader.indices(0, step)):
+            ref = reference(ds, "val", i, 3, 3, False, np.zeros(3), 25, mean)  # (32 - 25) // 2 = 3
+            np.testing.assert_allclose(x[k].numpy(), ref, atol=2e-4)
+            seen.append(int(i))
+    assert seen == list(range(len(ds["val"])))
+
+
+@pytest.mark.parametrize("size,crop", [(32, 28), (9, 9), (7, 1), (40, 3)])
+def test_the_gather_cuts_and_mirrors_windows_like_numpy(size, crop, rng):
+    """The compiled window copy against numpy slicing: random shards, rows, windows and flips."""
+    from numba import typed
+    from pipeline.load.gather import _copy_windows
+
+    shards = [rng.integers(0, 256, (n, size * size * 3), dtype=np.uint8) for n in (3, 5, 1)]
+    n = 40
+    shard = rng.integers(0, 3, n)
+    row = np.array([rng.integers(0, len(shards[k])) for k in shard])
+    x, y = rng.integers(0, size - crop + 1, n), rng.integers(0, size - crop + 1, n)
+    flip = rng.random(n) < 0.5
+    out = np.zeros((n, crop, crop * 3), np.uint8)
+    _copy_windows(typed.List(shards), shard, row, x, y, flip, size, out, 0, n)
+    for i in range(n):
+        img = shards[shard[i]][row[i]].reshape(size, size, 3)[y[i]:y[i] + crop, x[i]:x[i] + crop]
+        np.testing.assert_array_equal(out[i].reshape(crop, crop, 3), img[:, ::-1] if flip[i] else img)
+
+
 def test_lighting_is_one_rgb_shift_per_image_and_varies(dataset):
     plain = pipeline.build_loader(dataset, "train", batch_size=4, crop=32, device="cpu", lighting=0.0,
                                   flip=False, mean="none")

@@ -178,14 +178,15 @@ def test_the_processes_of_a_node_download_each_shard_once(env, many, tmp_path):
     assert len([p for p in (tmp_path / "shared").iterdir() if not p.name.startswith(".")]) == 40
 
 
-def test_a_cache_limit_evicts_and_block_order_fetches_each_shard_once_an_epoch(env, many, tmp_path):
+@pytest.mark.parametrize("mean", ["pixel", "channel"])  # the graph crops / the gatherer crops
+def test_a_cache_limit_evicts_and_block_order_fetches_each_shard_once_an_epoch(env, many, tmp_path, mean):
     """16 of 40 shards fit: every batch equals the local one, the cache never holds more than the
     limit after a batch, block order (blocks of 8 shards: half the cache) fetches every shard once
     in the epoch, global order cannot run under this limit (refused at start)."""
-    url = _bucket(env, many, "limit")
+    url = _bucket(env, many, f"limit-{mean}")
     shard = _largest_shard(many)
     limit = 16 * shard
-    kw = dict(batch_size=4, crop=28, device="cpu", seed=3, prefetch=1)
+    kw = dict(batch_size=4, crop=28, device="cpu", seed=3, prefetch=1, mean=mean)
     local_loader = pipeline.build_loader(many, "train", data_order="block", block_shards=8, **kw)
     local = _batches(local_loader)
     loader = pipeline.build_loader(url, "train", cache_dir=tmp_path / "c", cache_limit=limit,

@@ -37,6 +37,12 @@ def crop_normalize(images, crop: int, crop_x, crop_y, flip, mean, std, mean_imag
                                     output_layout=layout)
 
 
+def normalize(images, mean, std, out_type, layout: str):
+    """The windows already cut and mirrored (by the gatherer, gather.py): (x - mean) / std with
+    constant 3-vectors, written as ``out_type`` in ``layout`` (sequences: FCHW or FHWC)."""
+    return fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=out_type, output_layout=layout)
+
+
 def ten_crop(images, crop: int, windows, mean, std, mean_image, out_type, layout: str):
     """The paper's test: the 4 corners and the centre, and their mirrors, stacked per sample:
     (10, C, crop, crop) for layout CHW. ``windows`` holds (fx, fy, flip) constants."""

@@ -3,6 +3,7 @@
     feed.start(key)         iterate from ``key``: batches run ahead for another position are dropped
     feed.fill()             keep ``prefetch`` batches running in DALI and one more gathering
     feed.put(key, idx, arrays)  start gathering a batch (worker threads) with its per-batch arrays
+                            (and its crop windows, where the gatherer crops)
     feed.schedule()         hand the oldest gathered batch to DALI (feed_input) and run it
     feed.get(stream)        (key, outputs) of the oldest running batch, bound to ``stream`` (CUDA)
     feed.done(event, keep)  the consumer has what it needs of those outputs once ``event`` completes
@@ -14,7 +15,8 @@ the feed keeps the look-ahead by scheduling several runs, each tagged with its `
 (epoch, step), so it knows exactly which batches are in flight: it goes on into the next epoch
 at an epoch's end and drops those batches only if the next iteration starts elsewhere. The feed
 owns this run-ahead (its cursor and queues); the loader gives it the order of the keys
-(``after``) and what each key feeds (``inputs``).
+(``after``), what each key feeds (``inputs``) and, where the gatherer crops, each sample's
+window (``window``).
 """
 from __future__ import annotations
 
@@ -26,8 +28,13 @@ from .gather import Gatherer
 
 
 class Feed:
-    def __init__(self, pipe, gatherer: Gatherer, inputs, after, prefetch: int):
-        self.pipe, self.gatherer = pipe, gatherer
+    def __init__(self, pipe, gatherer: Gatherer, inputs, after, prefetch: int, window=None,
+                 sequences: int = 0):
+        """``window``: (key, idx) -> (x, y, flip) for a gatherer that crops; ``sequences`` > 0:
+        each batch is fed as that many sequences of samples (FHWC; fewer where the batch size is
+        not a multiple), every array reshaped alike (graphs.precropped_pipeline)."""
+        self.pipe, self.gatherer, self.window = pipe, gatherer, window
+        self.sequences = sequences
         self.inputs, self.after, self.prefetch = inputs, after, prefetch  # key -> (idx, arrays); key -> next key
         self.cursor = None  # the next key to put
         self.gathering = deque()  # (key, Batch, arrays): gathered or being gathered, not yet fed
@@ -62,15 +69,21 @@ class Feed:
             self.schedule()
 
     def put(self, key, idx, arrays: dict) -> None:
-        self.gathering.append((key, self.gatherer.submit(idx), arrays))
+        window = self.window(key, idx) if self.window else None
+        self.gathering.append((key, self.gatherer.submit(idx, window), arrays))
 
     def schedule(self) -> None:
         key, batch, arrays = self.gathering.popleft()
         try:
             images = batch.wait()
+            layout = "HWC"
+            if self.sequences:
+                k = _parts(len(images), self.sequences)
+                images, layout = images.reshape(k, -1, *images.shape[1:]), "FHWC"
+                arrays = {name: v.reshape(k, -1, *v.shape[1:]) for name, v in arrays.items()}
             if self.gatherer.raw:  # read in place (no_copy); marked page-locked when it is, so
                 # DALI's copy to the GPU is the asynchronous one (a numpy array reads as pageable)
-                images = TensorListCPU(images, "HWC", is_pinned=self.gatherer.pinned)
+                images = TensorListCPU(images, layout, is_pinned=self.gatherer.pinned)
             self.pipe.feed_input("images", images)
             for name, value in arrays.items():
                 self.pipe.feed_input(name, value)
@@ -126,3 +139,8 @@ class Feed:
         finally:
             self.gatherer.close()
             self.pipe = None  # DALI joins its threads here, before the interpreter tears down
+
+
+def _parts(n: int, most: int) -> int:
+    """The most equal parts, at most ``most``, that ``n`` samples split into (1 when none)."""
+    return next(k for k in range(min(most, n), 0, -1) if n % k == 0) if n else 1

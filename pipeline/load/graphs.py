@@ -3,11 +3,14 @@
 Every input is an ``external_source`` fed by the loader with ``feed_input`` (one dense array
 per batch, never a per-sample tuple):
 
-    images    uint8 (B, S, S, 3) raw (read in place: no_copy), or B JPEG byte arrays
-    labels    int32 (B,)
+    images    uint8 (B, S, S, 3) raw (read in place: no_copy), or B JPEG byte arrays;
+              where the gatherer cut the windows: (K, B / K, crop, crop, 3), K sequences
+              (precropped_pipeline)
+    labels    int32 (B,); (K, B / K) beside sequences
     crop_x/y  float32 (B,): crop positions as fractions of (S - crop), crop_mirror_normalize's unit
     flip      int32 (B,)
-    shift     float32 (B, 3): per-channel mean minus the PCA lighting shift, pixel units
+    shift     float32 (B, 3): per-channel mean minus the PCA lighting shift, pixel units (with
+              lighting; without, the mean is a constant)
 
 ``device`` is "cpu" or "gpu": the same graph either way, the inputs moved to the GPU first.
 Outputs: images (B, 3, crop, crop) float (CHW layout; HWC for channels_last; ten-crop
@@ -47,13 +50,15 @@ def _mean_image(mean_image, device: str):
 
 
 @pipeline_def
-def train_pipeline(*, device, encoding, crop, std, mean_image, out_type, layout):
+def train_pipeline(*, device, encoding, crop, mean, std, mean_image, out_type, layout):
+    """``mean``: a constant, or None for the fed per-sample ``shift`` (lighting)."""
     images, labels = images_input(device, encoding), labels_input(device)
+    if mean is None:
+        mean = fn.external_source(name="shift", dtype=types.FLOAT)
     crop_x = fn.external_source(name="crop_x", dtype=types.FLOAT)
     crop_y = fn.external_source(name="crop_y", dtype=types.FLOAT)
     flip = fn.external_source(name="flip", dtype=types.INT32)
-    shift = fn.external_source(name="shift", dtype=types.FLOAT)
-    out = augment.crop_normalize(images, crop, crop_x, crop_y, flip, shift, std,
+    out = augment.crop_normalize(images, crop, crop_x, crop_y, flip, mean, std,
                                  _mean_image(mean_image, device), out_type, layout)
     return out, labels
 
@@ -65,6 +70,20 @@ def val_pipeline(*, device, encoding, crop, window, mean, std, mean_image, out_t
     out = augment.crop_normalize(images, crop, window[0], window[1], 0, mean, std,
                                  _mean_image(mean_image, device), out_type, layout)
     return out, labels
+
+
+@pipeline_def
+def precropped_pipeline(*, device, mean, std, out_type, layout):
+    """Train or val where the gatherer cut the windows (loader.precrop): the batch arrives as a
+    few sequences of windows, ``(K, B / K, crop, crop, 3)`` FHWC, labels ``(K, B / K)``, and only
+    the normalisation with constant ``mean``/``std`` is left, one operator call per sequence
+    instead of per sample (measured on 2 threads, batch 256: 391 against 883 us at 28 px, 16.2
+    against 20.0 ms at 224 px, K = 2). Outputs ``(K, B / K, ...)``: the loader flattens them."""
+    images = fn.external_source(name="images", dtype=types.UINT8, layout="FHWC", no_copy=True)
+    if device == "gpu":
+        images = images.gpu()
+    out = augment.normalize(images, mean, std, out_type, "F" + layout)
+    return out, labels_input(device)
 
 
 @pipeline_def
@@ -100,8 +119,10 @@ def build(loader):
         windows = [(x / room if room else 0.0, y / room if room else 0.0, int(m))
                    for x, y, m in ten_crop_windows(size, crop)]
         pipe = ten_crop_pipeline(windows=windows, mean=mean, **common)
+    elif loader.precrop:
+        pipe = precropped_pipeline(mean=mean, std=std, out_type=out_type, layout=common["layout"], **kw)
     elif loader.train:
-        pipe = train_pipeline(**common)
+        pipe = train_pipeline(mean=mean if loader.lighting == 0 else None, **common)
     else:
         c = (room // 2) / room if room else 0.0
         pipe = val_pipeline(window=(c, c), mean=mean, **common)

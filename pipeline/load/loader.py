@@ -79,6 +79,14 @@ class Loader:
         if graph is not None and ds.encoding != "raw":
             raise LoaderError(f"{path} [{split}]: graph= (another graph over the feed) needs a raw dataset")
         self.train = split == "train" and not ten_crop
+        # Where each sample's crop window and flip are all that differ between samples (raw
+        # payloads, one window, no mean image, no lighting), the gatherer copies the windows,
+        # mirrored, and the graph normalises the batch in a few sequences with constants
+        # (gather.py, graphs.precropped_pipeline). A mean image is subtracted at full size before
+        # the graph's crop (augment.py), lighting is a per-sample input, ten-crop reads ten
+        # windows, JPEG payloads are decoded first: those crop in the graph.
+        self.precrop = (graph is None and ds.encoding == "raw" and not ten_crop and mean != "pixel"
+                        and not (self.train and lighting > 0))
         self.crop, self.flip, self.lighting, self.lighting_form = crop, flip, lighting, lighting_form
         self.mean, self.dtype, self.channels_last, self.ten_crop = mean, dtype, channels_last, ten_crop
         self.seed, self.graph = seed, graph
@@ -101,6 +109,8 @@ class Loader:
         self.epoch, self.step = 0, 0  # the position: where the next batch comes from
         self.last = None  # (epoch, step) of the batch yielded last
         self._plans = {}  # epoch -> (order, Decisions)
+        self._fed_arrays = {}  # epoch -> (its Decisions, the fed per-sample arrays made from them)
+        self._labels = None  # the split's labels as fed (int32), made on first use
         self._steps_with_data = None
         self._feed = None  # built on first use, then kept: one pipeline for the loader's life
         self._prefetch = None
@@ -153,33 +163,55 @@ class Loader:
             self._plans[epoch] = (self.sampler.order(epoch), d)
         return self._plans[epoch]
 
+    def _fed(self, epoch: int) -> dict:
+        """The fed per-sample arrays of an epoch's plan (made once per plan, kept beside it)."""
+        d = self.plan(epoch)[1]
+        if self._fed_arrays.get(epoch, (None,))[0] is not d:
+            self._fed_arrays = {k: v for k, v in self._fed_arrays.items() if k in self._plans}
+            self._fed_arrays[epoch] = (d, self._per_sample(d))
+        return self._fed_arrays[epoch][1]
+
+    def _per_sample(self, d) -> dict:
+        """The train graph's per-sample inputs for every sample of the epoch, in the dtypes DALI
+        takes, so a step only indexes them (one fancy index per input, whatever the batch size).
+        Crop windows and flips go to the gatherer instead where it crops; the lighting shift is
+        fed only when there is one (else the graph's mean is a constant)."""
+        if not (self.train and self.augment):
+            return {}
+        fed = {}
+        if not self.precrop:
+            room = max(self.size - self.crop, 1)
+            fed["crop_x"] = (d.crop_x / room).astype(np.float32)  # crop_mirror_normalize's unit
+            fed["crop_y"] = (d.crop_y / room).astype(np.float32)
+            fed["flip"] = d.flip.astype(np.int32)
+        if self.lighting > 0:
+            light = lighting_shift(d.alpha, self.stats["eigval"], self.stats["eigvec"], self.lighting_form)
+            # crop_mirror_normalize subtracts its mean: base mean minus the shift adds the shift
+            fed["shift"] = (self._base_mean() - light).astype(np.float32)
+        return fed
+
     def indices(self, epoch: int, step: int) -> np.ndarray:
         return self.sampler.indices(self.plan(epoch)[0], step)
 
-    def shifts(self, epoch: int, idx: np.ndarray) -> np.ndarray:
-        """The PCA lighting shift (len(idx), 3) of these samples, pixel units."""
-        d = self.plan(epoch)[1]
-        return lighting_shift(d.alpha[idx], self.stats["eigval"], self.stats["eigvec"], self.lighting_form)
-
     def inputs(self, epoch: int, step: int) -> tuple[np.ndarray, dict]:
-        """(sample indices, the named whole-batch arrays fed with them) of one step: a few
-        vectorised numpy calls, whatever the batch size."""
-        idx = self.indices(epoch, step)
+        """(sample indices, the named whole-batch arrays fed with them) of one step: one fancy
+        index per input (dense arrays, as DALI takes them), whatever the batch size."""
+        order, fed = self.plan(epoch)[0], self._fed(epoch)
+        idx = self.sampler.indices(order, step)
         if self._prefetch is not None:
-            self._prefetch.at(epoch, step, self.plan(epoch)[0])
-        arrays = {"labels": self.data.labels[idx].astype(np.int32)}
-        if self.train and self.augment:
-            d = self.plan(epoch)[1]
-            room = self.size - self.crop
-            arrays["crop_x"] = (d.crop_x[idx] / max(room, 1)).astype(np.float32)
-            arrays["crop_y"] = (d.crop_y[idx] / max(room, 1)).astype(np.float32)
-            arrays["flip"] = d.flip[idx].astype(np.int32)
-            light = self.shifts(epoch, idx) if self.lighting > 0 else 0.0
-            # crop_mirror_normalize subtracts its mean: base mean minus the shift adds the shift
-            shift = np.empty((len(idx), 3), np.float32)  # dense: DALI takes no strided input
-            shift[:] = self._base_mean() - light
-            arrays["shift"] = shift
+            self._prefetch.at(epoch, step, order)
+        if self._labels is None:
+            self._labels = self.data.labels.astype(np.int32)
+        arrays = {"labels": self._labels[idx]}
+        for name, values in fed.items():
+            arrays[name] = values[idx]
         return idx, arrays
+
+    def window(self, key, idx: np.ndarray):
+        """(x, y, flip) of samples ``idx`` at ``key`` = (epoch, step): their crop windows, for a
+        gatherer that crops (``precrop``)."""
+        d = self.plan(key[0])[1]
+        return d.crop_x[idx], d.crop_y[idx], d.flip[idx]
 
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self):
@@ -257,9 +289,11 @@ class Loader:
             # prefetch batches in DALI, one gathering, and on CUDA one more: the batch whose
             # copy torch's stream has not yet made (its slot comes back when its event completes)
             gatherer = Gatherer(self.data, self.sampler.batch_size, self.num_threads,
-                                slots=self.prefetch + 1 + cuda, pinned=cuda)
+                                slots=self.prefetch + 1 + cuda, pinned=cuda,
+                                crop=self.crop if self.precrop else None)
             self._feed = Feed(pipe, gatherer, inputs=self.inputs, after=self._after,
-                              prefetch=self.prefetch)
+                              prefetch=self.prefetch, window=self.window if self.precrop else None,
+                              sequences=self.num_threads if self.precrop else 0)
             # The finalizer holds the feed, never the loader: runs at collection or at exit.
             self._finalizer = weakref.finalize(self, self._feed.close)
         return self._feed
@@ -307,6 +341,8 @@ class Loader:
         cuda = self.device.type == "cuda"
         with torch.cuda.device(self.device) if cuda else nullcontext():
             out, labels = torch.from_dlpack(images), torch.from_dlpack(labels)
+        if self.precrop:  # (K, B / K, ...) sequences of windows: one batch, no copy
+            out, labels = out.flatten(0, 1), labels.flatten()
         labels = labels.to(torch.int64)  # on the device: a cast kernel, no host sync
         if self.augment and self.channels_last:
             # NHWC memory viewed as NCHW: channels_last for free (ten-crop: (N, 10, H, W, C) as
