@@ -295,16 +295,31 @@ def test_channels_last(dataset):
     assert torch.equal(x, ref)
 
 
-def test_jpeg_dataset_decoded_by_dali_matches_pillow(tree, tmp_path):
-    out = tmp_path / "jpeg"
+@pytest.fixture(scope="module")
+def jpeg_dataset(tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("jpeg") / "jpeg"
     convert(tree, out, size=32, encoding="jpeg", shard_size=6, workers=1, progress=False)
-    ds = pipeline.open_dataset(out)
-    loader = pipeline.build_loader(out, "train", batch_size=4, crop=24, device="cpu", seed=1)
+    return out
+
+
+@pytest.mark.parametrize("mean,crop", [("pixel", 24), ("channel", 21), ("none", 17)])
+def test_jpeg_dataset_decoded_by_dali_matches_pillow(jpeg_dataset, mean, crop):
+    """Only each crop window is decoded (DALI's ROI decode): the pixels of Pillow's whole-image
+    decode at that window, over the whole epoch (windows at every offset, both flips), val too."""
+    ds = pipeline.open_dataset(jpeg_dataset)
+    loader = pipeline.build_loader(jpeg_dataset, "train", batch_size=4, crop=crop, device="cpu",
+                                   seed=1, mean=mean, drop_last=False)
     _, d = loader.plan(0)
-    x, _ = next(iter(loader))
-    for k, i in enumerate(loader.indices(0, 0)):
-        ref = reference(ds, "train", i, d.crop_x[i], d.crop_y[i], d.flip[i], d.alpha[i], 24, "pixel")
-        np.testing.assert_allclose(x[k].numpy(), ref, atol=2e-4)  # DALI's CPU decode == Pillow's
+    for step, (x, _) in enumerate(run_epoch(loader)):
+        for k, i in enumerate(loader.indices(0, step)):
+            ref = reference(ds, "train", i, d.crop_x[i], d.crop_y[i], d.flip[i], d.alpha[i], crop, mean)
+            np.testing.assert_allclose(x[k].numpy(), ref, atol=2e-4)  # DALI's CPU decode == Pillow's
+    val = pipeline.build_loader(jpeg_dataset, "val", batch_size=3, crop=crop, device="cpu", mean=mean)
+    c = (32 - crop) // 2
+    for step, (x, _) in enumerate(run_epoch(val)):
+        for k, i in enumerate(val.indices(0, step)):
+            ref = reference(ds, "val", i, c, c, False, np.zeros(3), crop, mean)
+            np.testing.assert_allclose(x[k].numpy(), ref, atol=2e-4)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -37,6 +37,16 @@ def crop_normalize(images, crop: int, crop_x, crop_y, flip, mean, std, mean_imag
                                     output_layout=layout)
 
 
+def window_normalize(images, crop: int, crop_x, crop_y, flip, mean, std, mean_image, out_type,
+                     layout: str):
+    """``images``: each sample's crop window already (decoded alone, ``decode``'s ``window``); the
+    mean image is cut at the same window, then mirror and normalisation as crop_normalize."""
+    if mean_image is not None:
+        images = images - fn.crop(mean_image, crop=(crop, crop), crop_pos_x=crop_x, crop_pos_y=crop_y)
+    return fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=out_type, mirror=flip,
+                                    output_layout=layout)
+
+
 def normalize(images, mean, std, out_type, layout: str):
     """The windows already cut and mirrored (by the gatherer, gather.py): (x - mean) / std with
     constant 3-vectors, written as ``out_type`` in ``layout`` (sequences: FCHW or FHWC)."""
@@ -53,10 +63,17 @@ def ten_crop(images, crop: int, windows, mean, std, mean_image, out_type, layout
     return fn.stack(*crops, axis=0)
 
 
-def decode(encoded, device: str):
-    """JPEG payloads -> uint8 HWC RGB; on the GPU with nvJPEG (``mixed``: host parse, GPU decode)."""
-    return fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu",
-                             output_type=types.RGB)
+def decode(encoded, device: str, window=None):
+    """JPEG payloads -> uint8 HWC RGB; on the GPU with nvJPEG (``mixed``: host parse, GPU decode).
+    ``window`` = (crop, crop_x, crop_y): only that window is decoded (libjpeg-turbo skips the rows
+    above and below it and the blocks beside it; the pixels are those of the whole image's decode,
+    checked against Pillow in tests/test_loader.py), 1.2-1.7x faster for 224 of 256 px here."""
+    dev = "mixed" if device == "gpu" else "cpu"
+    if window is None:
+        return fn.decoders.image(encoded, device=dev, output_type=types.RGB)
+    crop, crop_x, crop_y = window
+    return fn.decoders.image_crop(encoded, device=dev, output_type=types.RGB, crop=(crop, crop),
+                                  crop_pos_x=crop_x, crop_pos_y=crop_y)
 
 
 # -- the numbers the graph is fed (numpy; the random draws are sampler.py's) --------------------

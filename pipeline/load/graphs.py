@@ -30,13 +30,14 @@ from . import augment
 from .augment import ten_crop_windows
 
 
-def images_input(device: str, encoding: str):
-    """The fed ``images`` (raw: read in place; JPEG: decoded), on ``device``: the loader's contract."""
+def images_input(device: str, encoding: str, window=None):
+    """The fed ``images`` (raw: read in place; JPEG: decoded), on ``device``: the loader's contract.
+    ``window`` = (crop, crop_x, crop_y): JPEG payloads decode that window only."""
     if encoding == "raw":
         images = fn.external_source(name="images", dtype=types.UINT8, layout="HWC", no_copy=True)
         return images.gpu() if device == "gpu" else images
     encoded = fn.external_source(name="images", dtype=types.UINT8, no_copy=True)
-    return augment.decode(encoded, device)
+    return augment.decode(encoded, device, window)
 
 
 def labels_input(device: str):
@@ -52,24 +53,32 @@ def _mean_image(mean_image, device: str):
 @pipeline_def
 def train_pipeline(*, device, encoding, crop, mean, std, mean_image, out_type, layout):
     """``mean``: a constant, or None for the fed per-sample ``shift`` (lighting)."""
-    images, labels = images_input(device, encoding), labels_input(device)
     if mean is None:
         mean = fn.external_source(name="shift", dtype=types.FLOAT)
     crop_x = fn.external_source(name="crop_x", dtype=types.FLOAT)
     crop_y = fn.external_source(name="crop_y", dtype=types.FLOAT)
     flip = fn.external_source(name="flip", dtype=types.INT32)
-    out = augment.crop_normalize(images, crop, crop_x, crop_y, flip, mean, std,
-                                 _mean_image(mean_image, device), out_type, layout)
-    return out, labels
+    if encoding == "jpeg":  # only the window decoded
+        images = images_input(device, encoding, (crop, crop_x, crop_y))
+        out = augment.window_normalize(images, crop, crop_x, crop_y, flip, mean, std,
+                                       _mean_image(mean_image, device), out_type, layout)
+    else:
+        out = augment.crop_normalize(images_input(device, encoding), crop, crop_x, crop_y, flip,
+                                     mean, std, _mean_image(mean_image, device), out_type, layout)
+    return out, labels_input(device)
 
 
 @pipeline_def
 def val_pipeline(*, device, encoding, crop, window, mean, std, mean_image, out_type, layout):
     """``window``: the fixed (crop_x, crop_y) fractions of the centre crop; ``mean`` a constant."""
-    images, labels = images_input(device, encoding), labels_input(device)
-    out = augment.crop_normalize(images, crop, window[0], window[1], 0, mean, std,
-                                 _mean_image(mean_image, device), out_type, layout)
-    return out, labels
+    if encoding == "jpeg":  # only the window decoded
+        images = images_input(device, encoding, (crop, *window))
+        out = augment.window_normalize(images, crop, window[0], window[1], 0, mean, std,
+                                       _mean_image(mean_image, device), out_type, layout)
+    else:
+        out = augment.crop_normalize(images_input(device, encoding), crop, window[0], window[1], 0,
+                                     mean, std, _mean_image(mean_image, device), out_type, layout)
+    return out, labels_input(device)
 
 
 @pipeline_def

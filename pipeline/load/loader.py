@@ -23,9 +23,12 @@ One DALI pipeline (pipeline/load/graphs.py) serves the loader for its whole life
 changes what is fed. Each batch's samples are located with one vectorised search, gathered by
 worker threads from the memory-mapped shards into a ring of reusable (pinned on CUDA) buffers
 that DALI reads in place (pipeline/load/gather.py, feed.py), with labels, crop positions, flips
-and lighting shifts as whole-batch arrays; only the pages a batch touches are read, the split
-never sits in RAM. The graph runs on the GPU when there is one (``device_id`` = the current CUDA
-device), else the same graph on the CPU (``device_id=None``). Which samples a rank gets and every
+and lighting shifts as whole-batch arrays (indexed out of arrays made once an epoch); only the
+pages a batch touches are read, the split never sits in RAM. Where nothing but the crop window
+and flip differs between samples (``precrop``), the gatherer copies just the windows, mirrored,
+and the graph only normalises them; JPEG payloads decode only their window. The graph runs on
+the GPU when there is one (``device_id`` = the current CUDA device), else the same graph on the
+CPU (``device_id=None``). Which samples a rank gets and every
 random decision come from pipeline/load/sampler.py. Pass the data-parallel rank: both ranks of a
 model-parallel pair must get identical batches, so never LOCAL_RANK.
 """
@@ -84,7 +87,8 @@ class Loader:
         # mirrored, and the graph normalises the batch in a few sequences with constants
         # (gather.py, graphs.precropped_pipeline). A mean image is subtracted at full size before
         # the graph's crop (augment.py), lighting is a per-sample input, ten-crop reads ten
-        # windows, JPEG payloads are decoded first: those crop in the graph.
+        # windows: those crop in the graph. JPEG payloads are decoded in the graph, each only at
+        # its window (augment.decode).
         self.precrop = (graph is None and ds.encoding == "raw" and not ten_crop and mean != "pixel"
                         and not (self.train and lighting > 0))
         self.crop, self.flip, self.lighting, self.lighting_form = crop, flip, lighting, lighting_form
