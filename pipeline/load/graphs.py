@@ -58,10 +58,9 @@ def train_pipeline(*, device, encoding, crop, mean, std, mean_image, out_type, l
     crop_x = fn.external_source(name="crop_x", dtype=types.FLOAT)
     crop_y = fn.external_source(name="crop_y", dtype=types.FLOAT)
     flip = fn.external_source(name="flip", dtype=types.INT32)
-    if encoding == "jpeg":  # only the window decoded
+    if encoding == "jpeg" and mean_image is None:  # only the window decoded (augment.decode)
         images = images_input(device, encoding, (crop, crop_x, crop_y))
-        out = augment.window_normalize(images, crop, crop_x, crop_y, flip, mean, std,
-                                       _mean_image(mean_image, device), out_type, layout)
+        out = augment.window_normalize(images, flip, mean, std, out_type, layout)
     else:
         out = augment.crop_normalize(images_input(device, encoding), crop, crop_x, crop_y, flip,
                                      mean, std, _mean_image(mean_image, device), out_type, layout)
@@ -71,10 +70,9 @@ def train_pipeline(*, device, encoding, crop, mean, std, mean_image, out_type, l
 @pipeline_def
 def val_pipeline(*, device, encoding, crop, window, mean, std, mean_image, out_type, layout):
     """``window``: the fixed (crop_x, crop_y) fractions of the centre crop; ``mean`` a constant."""
-    if encoding == "jpeg":  # only the window decoded
+    if encoding == "jpeg" and mean_image is None:  # only the window decoded (augment.decode)
         images = images_input(device, encoding, (crop, *window))
-        out = augment.window_normalize(images, crop, window[0], window[1], 0, mean, std,
-                                       _mean_image(mean_image, device), out_type, layout)
+        out = augment.window_normalize(images, 0, mean, std, out_type, layout)
     else:
         out = augment.crop_normalize(images_input(device, encoding), crop, window[0], window[1], 0,
                                      mean, std, _mean_image(mean_image, device), out_type, layout)
