@@ -9,7 +9,9 @@ crop x crop windows, mirrored with p = 0.5, normalised with the dataset's per-ch
 (our ``mean="channel"``), with int64 labels; the first batch of each is checked for that.
 
     dali-gpu           pipeline.build_loader(device="cuda"): only with CUDA, timed with CUDA events
-    dali-cpu           pipeline.build_loader(device="cpu", mean="channel", lighting=0)
+    dali-cpu           pipeline.build_loader(device="cpu", mean="channel", lighting=0): raw, the
+                       gatherer copies each window, mirrored, and DALI normalises the batch as
+                       a few sequences; JPEG, DALI decodes each window alone (gather.py, graphs.py)
     dali-cpu+lighting  the full AlexNet augmentation: mean="pixel" (mean image), PCA lighting 0.1
     ffcv               ffcv.loader.Loader over the train split exported to .beton (export not timed):
                        RandomResizedCrop with scale = (crop/size)^2 and ratio 1 (a plain random crop),
@@ -630,10 +632,10 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
                   "target_run_s": None if steps else seconds, "quick": quick}
         notes, skipped = {}, {}
         if torch.cuda.is_available():
-            notes["dali-gpu"] = "named whole-batch inputs + crop_mirror_normalize on the GPU"
+            notes["dali-gpu"] = "windows cut by the gather (raw) or decoded alone (JPEG), normalised on the GPU"
         else:
             skipped["dali-gpu"] = "not measured (no GPU)"
-        notes["dali-cpu"] = "named whole-batch inputs + crop_mirror_normalize, DALI CPU threads"
+        notes["dali-cpu"] = "windows cut by the gather (raw) or decoded alone (JPEG), normalised by DALI's CPU threads"
         notes["dali-cpu+lighting"] = "full AlexNet augmentation: mean image + PCA lighting (only ours has it)"
         beton = None
         try:
