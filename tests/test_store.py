@@ -51,6 +51,14 @@ def many(tmp_path_factory):
     return root / "data"
 
 
+@pytest.fixture(scope="module")
+def many_jpeg(many):
+    """The same 40 shards' images as JPEG shards (the converter decodes the tree again)."""
+    out = many.parent / "jpeg"
+    convert(many.parent / "tree", out, size=32, shard_size=5, encoding="jpeg", workers=1, progress=False)
+    return out
+
+
 @pytest.fixture
 def env(s3, monkeypatch):
     apply_env(monkeypatch, s3)
@@ -124,6 +132,21 @@ def test_loader_batches_equal_the_local_ones_and_a_warm_cache_fetches_nothing(en
     ShardCache._instances.clear()  # a new process: a new cache object on the same directory
     warm = pipeline.build_loader(url, "train", cache_dir=tmp_path / "c", **kw)
     assert len(_batches(warm)) == 25 and warm.cache_stats()["shards_fetched"] == 0
+
+
+def test_jpeg_shards_from_a_bucket_under_a_cache_limit_give_the_local_batches(env, many_jpeg, tmp_path):
+    """JPEG payloads gathered from shards the cache maps and evicts (16 of 40 fit): every batch
+    of two epochs equals the local one, pixels and labels."""
+    url = _bucket(env, many_jpeg, "jpeg")
+    kw = dict(batch_size=4, crop=28, device="cpu", seed=2, prefetch=1, data_order="block", block_shards=8)
+    local = _batches(pipeline.build_loader(many_jpeg, "train", **kw), (0, 1))
+    loader = pipeline.build_loader(url, "train", cache_dir=tmp_path / "c",
+                                   cache_limit=16 * _largest_shard(many_jpeg), **kw)
+    got = _batches(loader, (0, 1))
+    assert len(got) == len(local) == 100
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, local))
+    # evicted, fetched again in epoch 1 (but the shards of epoch 0's tail, kept)
+    assert 40 < loader.cache_stats()["shards_fetched"] < 80
 
 
 def test_training_from_a_bucket_gives_the_local_losses(env, dataset, tmp_path):

@@ -81,9 +81,10 @@ class Feed:
                 k = _parts(len(images), self.sequences)
                 images, layout = images.reshape(k, -1, *images.shape[1:]), "FHWC"
                 arrays = {name: v.reshape(k, -1, *v.shape[1:]) for name, v in arrays.items()}
-            if self.gatherer.raw:  # read in place (no_copy); marked page-locked when it is, so
-                # DALI's copy to the GPU is the asynchronous one (a numpy array reads as pageable)
-                images = TensorListCPU(images, layout, is_pinned=self.gatherer.pinned)
+            # read in place (no_copy); marked page-locked when it is, so DALI's copy to the GPU is
+            # the asynchronous one (a numpy array reads as pageable). JPEG: (B, W) padded payloads
+            images = TensorListCPU(images, layout if self.gatherer.raw else None,
+                                   is_pinned=self.gatherer.pinned)
             self.pipe.feed_input("images", images)
             for name, value in arrays.items():
                 self.pipe.feed_input(name, value)

@@ -19,9 +19,12 @@ mirrored where the sample is flipped: byte selection, no arithmetic, so DALI is 
 normalisation alone, without per-sample crop and mirror arguments (those cost DALI ~1-2 us per
 sample each, which at 32 px is more than the pixels), and a smaller batch crosses to the GPU.
 
-JPEG payloads differ in length: a batch is then a list of per-sample views of the mappings
-(no copy here; DALI's decoder reads them), the one per-sample Python loop left, small beside
-the decode.
+JPEG payloads differ in length: a batch is copied, by the same compiled threads, into one dense
+(B, W) array, each payload followed by zeros up to W (libjpeg-turbo stops at the EOI marker, so
+the padding is never read as image data; tests/test_loader.py checks every window of an epoch
+against Pillow). W grows with the longest payload met, a slot at a time. One tensor instead of a
+list of B views: the feeding thread spent 1.24 ms a batch of 256 on DALI's per-sample handling of
+the list, 0.3 ms on the dense array (BENCHMARKS.md, issue 26).
 """
 from __future__ import annotations
 
@@ -74,6 +77,31 @@ def _copy_windows(payloads, shard, row, x, y, flip, size, out, lo, hi):  # pragm
                     d[b] = s[b]
 
 
+@numba.njit(nogil=True, cache=True)
+def _longest(offsets, shard, row):  # pragma: no cover - compiled
+    """The longest payload among samples (shard[i], row[i]), ``offsets[k]`` cutting shard k's."""
+    m = 0
+    for i in range(len(shard)):
+        o = offsets[shard[i]]
+        m = max(m, o[row[i] + 1] - o[row[i]])
+    return m
+
+
+@numba.njit(nogil=True, cache=True)
+def _copy_payloads(payloads, offsets, shard, row, out, lo, hi):  # pragma: no cover - compiled
+    """out[i] = sample (shard[i], row[i])'s payload, then zeros to the end of the row."""
+    w = out.shape[1]
+    for i in range(lo, hi):
+        o = offsets[shard[i]]
+        a, n = o[row[i]], o[row[i] + 1] - o[row[i]]
+        src = payloads[shard[i]][a:a + n]
+        d = out[i]
+        for j in range(n):
+            d[j] = src[j]
+        for j in range(n, w):
+            d[j] = 0
+
+
 class Batch:
     """One gathered batch: ``images`` (a slot's first len(idx) rows, or a list of JPEG views),
     the slot to give back, and the futures that fill it."""
@@ -115,21 +143,39 @@ class Gatherer:
                 buf = _host_buffer((batch_size, side, side, 3), pinned)
                 self._keep.append(buf)  # the torch tensor owns the (page-locked) memory
                 self.buffers.append(buf.numpy())
+        else:  # JPEG: payloads cut by each shard's offsets; slots as wide as the longest one met
+            self.batch_size = batch_size
+            self._empty = np.zeros(0, np.uint8)
+            self._empty.setflags(write=False)
+            self._no_offsets = np.zeros(1, np.int64)
+            if split.remote:
+                self._bound = [None] * len(split.shards)
+                self.payloads = typed.List([self._empty for _ in split.shards])
+                self.offsets = typed.List([self._no_offsets for _ in split.shards])
+                for k, sh in enumerate(split.shards):
+                    sh.on_unmap.append(lambda k=k: self._unbind(k))
+            else:
+                self.payloads = typed.List([np.asarray(sh.payload) for sh in split.shards])
+                self.offsets = typed.List([sh.offsets.astype(np.int64) for sh in split.shards])
+            self._keep, self.buffers = [None] * slots, [None] * slots
 
     def submit(self, idx: np.ndarray, window=None) -> Batch:
         """Start gathering samples ``idx`` (global indices of the split); returns at once.
         ``window``: (x, y, flip) arrays, one entry per sample, when the gatherer crops."""
         shard, row = self.split.locate_many(idx)
-        if self.split.remote and self.raw:
+        if self.split.remote:
             self._bind(np.unique(shard).tolist())
-        if not self.raw:
-            shards = self.split.shards
-            images = [shards[k].encoded_view(j) for k, j in zip(shard.tolist(), row.tolist())]
-            return Batch(images, None, [])
         slot = self._take_slot()
         n = len(idx)
+        if not self.raw:
+            width = int(_longest(self.offsets, shard, row))
+            if self.buffers[slot] is None or self.buffers[slot].shape[1] < width:
+                buf = _host_buffer((self.batch_size, width + width // 4), self.pinned)  # room to grow
+                self._keep[slot], self.buffers[slot] = buf, buf.numpy()
         out = self.buffers[slot][:n]
-        if self.crop is None:
+        if not self.raw:
+            kernel, args = _copy_payloads, (self.payloads, self.offsets, shard, row, out)
+        elif self.crop is None:
             kernel, args = _copy_rows, (self.payloads, shard, row, out.reshape(n, self.record))
         else:
             x, y, flip = window
@@ -149,9 +195,14 @@ class Gatherer:
         """Remote split: the shards of a batch mapped from the cache (waiting for a fetch that the
         prefetcher has not finished) and put in the compiled copy's list."""
         for k in shards:
-            payload = self.split.shards[k].payload
+            shard = self.split.shards[k]
+            payload = shard.payload
             if self._bound[k] is not payload:
-                self.payloads[k] = np.asarray(payload).reshape(-1, self.record)
+                if self.raw:
+                    self.payloads[k] = np.asarray(payload).reshape(-1, self.record)
+                else:
+                    self.payloads[k] = np.asarray(payload)
+                    self.offsets[k] = shard.offsets.astype(np.int64)
                 self._bound[k] = payload
 
     def _unbind(self, k: int) -> None:
@@ -159,6 +210,8 @@ class Gatherer:
         so the file's blocks are freed."""
         if self._bound[k] is not None:
             self.payloads[k] = self._empty
+            if not self.raw:
+                self.offsets[k] = self._no_offsets
             self._bound[k] = None
 
     def release(self, batch: Batch, event=None, keep=None) -> None:
