@@ -23,8 +23,8 @@ JPEG payloads differ in length: a batch is copied, by the same compiled threads,
 (B, W) array, each payload followed by zeros up to W (libjpeg-turbo stops at the EOI marker, so
 the padding is never read as image data; tests/test_loader.py checks every window of an epoch
 against Pillow). W grows with the longest payload met, a slot at a time. One tensor instead of a
-list of B views: the feeding thread spent 1.24 ms a batch of 256 on DALI's per-sample handling of
-the list, 0.3 ms on the dense array (BENCHMARKS.md, issue 26).
+list of B views: the training thread's time a batch of 256 went from 2.7 to 1.2 ms, most of it
+DALI's per-sample handling of the list (BENCHMARKS.md, issue 26).
 """
 from __future__ import annotations
 
@@ -103,8 +103,8 @@ def _copy_payloads(payloads, offsets, shard, row, out, lo, hi):  # pragma: no co
 
 
 class Batch:
-    """One gathered batch: ``images`` (a slot's first len(idx) rows, or a list of JPEG views),
-    the slot to give back, and the futures that fill it."""
+    """One gathered batch: ``images`` (a slot's first len(idx) rows: images, windows or
+    zero-padded JPEG files), the slot to give back, and the futures that fill it."""
 
     def __init__(self, images, slot: int | None, futures):
         self.images, self.slot, self.futures = images, slot, futures

@@ -3,9 +3,9 @@
 Every input is an ``external_source`` fed by the loader with ``feed_input`` (one dense array
 per batch, never a per-sample tuple):
 
-    images    uint8 (B, S, S, 3) raw (read in place: no_copy), or B JPEG byte arrays;
-              where the gatherer cut the windows: (K, B / K, crop, crop, 3), K sequences
-              (precropped_pipeline)
+    images    uint8 (B, S, S, 3) raw (read in place: no_copy); where the gatherer cut the
+              windows (K, B / K, crop, crop, 3), K sequences (precropped_pipeline); JPEG: (B, W),
+              each sample's file then zeros (gather.py)
     labels    int32 (B,); (K, B / K) beside sequences
     crop_x/y  float32 (B,): crop positions as fractions of (S - crop), crop_mirror_normalize's unit
     flip      int32 (B,)
