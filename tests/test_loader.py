@@ -302,10 +302,15 @@ def jpeg_dataset(tree, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("mean,crop", [("pixel", 24), ("channel", 21), ("none", 17)])
-def test_jpeg_dataset_decoded_by_dali_matches_pillow(jpeg_dataset, mean, crop):
+@pytest.mark.parametrize("mean,crop,threaded", [("pixel", 24, False), ("channel", 21, False),
+                                               ("none", 17, True)])
+def test_jpeg_dataset_decoded_by_dali_matches_pillow(jpeg_dataset, mean, crop, threaded, monkeypatch):
     """Only each crop window is decoded (DALI's ROI decode): the pixels of Pillow's whole-image
-    decode at that window, over the whole epoch (windows at every offset, both flips), val too."""
+    decode at that window, over the whole epoch (windows at every offset, both flips), val too.
+    The payloads reach DALI zero-padded in one array, copied on the calling thread or, as large
+    batches are (``threaded``), by the worker threads."""
+    from pipeline.load import gather
+    monkeypatch.setattr(gather, "MIN_PART", 1 if threaded else 1 << 40)
     ds = pipeline.open_dataset(jpeg_dataset)
     loader = pipeline.build_loader(jpeg_dataset, "train", batch_size=4, crop=crop, device="cpu",
                                    seed=1, mean=mean, drop_last=False)
