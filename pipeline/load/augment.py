@@ -37,19 +37,12 @@ def crop_normalize(images, crop: int, crop_x, crop_y, flip, mean, std, mean_imag
                                     output_layout=layout)
 
 
-def window_normalize(images, flip, mean, std, out_type, layout: str):
-    """``images``: each sample's crop window already (decoded alone, ``decode``'s ``window``):
-    mirror and normalisation as crop_normalize. Not with a mean image: cutting it at each window
-    as well made the JPEG graph 12-16 % slower than decoding the whole image (2 runs, 256 px,
-    crop 224, 2 threads), so that graph decodes whole images."""
+def normalize(images, mean, std, out_type, layout: str, flip=0):
+    """``images``: each sample's crop window already, cut and mirrored by the gatherer (gather.py,
+    sequences: FHWC) or decoded alone (``decode``'s ``window``, mirrored here by ``flip``): the
+    normalisation as crop_normalize, written as ``out_type`` in ``layout``."""
     return fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=out_type, mirror=flip,
                                     output_layout=layout)
-
-
-def normalize(images, mean, std, out_type, layout: str):
-    """The windows already cut and mirrored (by the gatherer, gather.py): (x - mean) / std with
-    constant 3-vectors, written as ``out_type`` in ``layout`` (sequences: FCHW or FHWC)."""
-    return fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=out_type, output_layout=layout)
 
 
 def ten_crop(images, crop: int, windows, mean, std, mean_image, out_type, layout: str):
