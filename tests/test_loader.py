@@ -279,6 +279,61 @@ def test_block_order_takes_whole_shards_in_blocks_and_shuffles_within():
     assert np.array_equal(again.order(0), order) and not np.array_equal(sampler.order(1), order)
 
 
+@pytest.mark.parametrize("mean", ["pixel", "channel"])  # whole images; windows cut by the gather
+def test_outputs_are_dropped_by_the_worker_threads_and_never_pile_up(dataset, monkeypatch, mean):
+    """Each batch's DALI outputs, released by the loader, are dropped by a gather thread two
+    batches later (so freeing them is not the training thread's work), at most HELD of them held
+    at any step, every one dropped by close(); batches the consumer keeps stay intact."""
+    import threading
+    from pipeline.load import gather as gather_mod
+    from pipeline.load.feed import Feed
+
+    dropped = []
+
+    class Probe:  # stands for a batch's outputs: records the thread that drops it
+        def __init__(self, keep):
+            self.keep = keep
+
+        def __del__(self):
+            dropped.append(threading.current_thread().name)
+
+    done = Feed.done
+    monkeypatch.setattr(Feed, "done", lambda self, event=None, keep=None: done(self, event, Probe(keep)))
+    monkeypatch.setattr(gather_mod, "INLINE", 0)  # these small batches go to the threads too
+    loader = pipeline.build_loader(dataset, "val", batch_size=2, crop=24, device="cpu", mean=mean)
+    ref = run_epoch(pipeline.build_loader(dataset, "val", batch_size=2, crop=24, device="cpu", mean=mean))
+    kept, steps = [], 0
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            kept.append(batch)
+            steps += 1
+            assert len(loader._feed.gatherer._held) <= gather_mod.HELD
+    assert steps == 2 * len(ref) and len(ref) >= 4
+    workers = sum(name.startswith("gather") for name in dropped)
+    assert workers >= steps - gather_mod.HELD - 1, dropped  # the last ones go at close
+    loader.close()
+    assert len(dropped) >= steps
+    for (x, y), (rx, ry) in zip(kept, ref + ref):  # what the consumer kept was never freed
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_rank_bounds_split_each_global_batch_as_numpy_does():
+    """Each rank's share of a step, as positions in the order, against the global batch cut by
+    NumPy's array_split (full batches: equal slices; the last, partial one: sizes differing by at
+    most one, the first ranks larger), for every step of sizes that leave each kind of remainder."""
+    from pipeline.load.sampler import Sampler
+    for n, batch, dp in ((24, 4, 1), (24, 5, 2), (23, 3, 3), (7, 2, 3), (10, 4, 4), (3, 1, 3)):
+        order = np.random.default_rng(n).permutation(n)
+        for drop_last in (True, False):
+            samplers = [Sampler(n, batch, r, dp, seed=0, shuffle=True, drop_last=drop_last) for r in range(dp)]
+            for step in range(len(samplers[0])):
+                whole = order[step * batch * dp:(step + 1) * batch * dp]
+                expected = np.array_split(whole, dp)
+                for r, s in enumerate(samplers):
+                    assert s.indices(order, step).tolist() == expected[r].tolist(), (n, batch, dp, step, r)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_dtypes(dataset, dtype):
     ref = next(iter(pipeline.build_loader(dataset, "val", batch_size=2, crop=24, device="cpu")))[0]

@@ -3,7 +3,6 @@
     feed.start(key)         iterate from ``key``: batches run ahead for another position are dropped
     feed.fill()             keep ``prefetch`` batches running in DALI and one more gathering
     feed.put(key, idx, arrays)  start gathering a batch (worker threads) with its per-batch arrays
-                            (and its crop windows, where the gatherer crops)
     feed.schedule()         hand the oldest gathered batch to DALI (feed_input) and run it
     feed.get(stream)        (key, outputs) of the oldest running batch, bound to ``stream`` (CUDA)
     feed.done(event, keep)  the consumer has what it needs of those outputs once ``event`` completes
@@ -15,8 +14,8 @@ the feed keeps the look-ahead by scheduling several runs, each tagged with its `
 (epoch, step), so it knows exactly which batches are in flight: it goes on into the next epoch
 at an epoch's end and drops those batches only if the next iteration starts elsewhere. The feed
 owns this run-ahead (its cursor and queues); the loader gives it the order of the keys
-(``after``), what each key feeds (``inputs``) and, where the gatherer crops, each sample's
-window (``window``).
+(``after``), what each key feeds (``inputs``) and where its samples are (``where``: shard, row
+and, where the gatherer crops, each sample's window).
 """
 from __future__ import annotations
 
@@ -28,12 +27,13 @@ from .gather import Gatherer
 
 
 class Feed:
-    def __init__(self, pipe, gatherer: Gatherer, inputs, after, prefetch: int, window=None,
+    def __init__(self, pipe, gatherer: Gatherer, inputs, where, after, prefetch: int,
                  sequences: int = 0):
-        """``window``: (key, idx) -> (x, y, flip) for a gatherer that crops; ``sequences`` > 0:
-        each batch is fed as that many sequences of samples (FHWC; fewer where the batch size is
-        not a multiple), every array reshaped alike (graphs.precropped_pipeline)."""
-        self.pipe, self.gatherer, self.window = pipe, gatherer, window
+        """``where``: key -> (shard, row, window) of the key's samples, ``window`` (x, y, flip)
+        for a gatherer that crops, else None; ``sequences`` > 0: each batch is fed as that many
+        sequences of samples (FHWC; fewer where the batch size is not a multiple), every array
+        reshaped alike (graphs.precropped_pipeline)."""
+        self.pipe, self.gatherer, self.where = pipe, gatherer, where
         self.sequences = sequences
         self.inputs, self.after, self.prefetch = inputs, after, prefetch  # key -> (idx, arrays); key -> next key
         self.cursor = None  # the next key to put
@@ -69,8 +69,7 @@ class Feed:
             self.schedule()
 
     def put(self, key, idx, arrays: dict) -> None:
-        window = self.window(key, idx) if self.window else None
-        self.gathering.append((key, self.gatherer.submit(idx, window), arrays))
+        self.gathering.append((key, self.gatherer.submit(*self.where(key)), arrays))
 
     def schedule(self) -> None:
         key, batch, arrays = self.gathering.popleft()

@@ -3,7 +3,8 @@
 A batch of raw samples is copied once, from the shard mappings (page cache) into one dense
 (B, S, S, 3) uint8 buffer that DALI reads in place (external_source with ``no_copy``). The copy
 runs in ``threads`` worker threads, each taking a contiguous part of the batch in one compiled
-call that holds no GIL; the Python cost per batch is a vectorised shard search and one call per
+call that holds no GIL; the training thread only hands them slices of the epoch's (shard, row)
+arrays, made once an epoch in the epoch's order (loader.py): its cost per batch is one call per
 thread, whatever the batch size. Buffers are page-locked when the graph runs on CUDA, and the
 feed hands them to DALI marked so (feed.py), so DALI's host-to-device copy of a batch can run
 asynchronously, straight from the ring.
@@ -28,16 +29,24 @@ DALI's per-sample handling of the list (BENCHMARKS.md, issue 26).
 """
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 from numba import typed
 
-# bytes: the smallest share of a batch worth a worker thread. A copy runs at ~2.5-3.5 GB/s here
-# (3 MB of 32 px images: 0.9 ms; windows with 84-byte rows: 2.4 MB in 1.0 ms), so 1 MB is ~0.3 ms,
-# above the ~0.2 ms of waking a thread; below it the training thread copies.
+# bytes: the smallest share of a batch worth another worker thread. A copy runs at ~2.5-3.5 GB/s
+# here (3 MB of 32 px images: 0.9 ms; windows with 84-byte rows: 2.4 MB in 1.0 ms), so 1 MB is
+# ~0.3 ms, above the ~0.2 ms of waking a thread; below it one worker copies the whole batch.
 MIN_PART = 1 << 20
+# bytes: a batch smaller than this is copied by the training thread at once (<= ~0.1 ms): a
+# worker's wake-up and hand-over would cost the batch more wall time than the copy (at batch 64
+# of 28 px windows, 150 KB: 10-35 % fewer images/s on 2 cores through a worker)
+INLINE = 256 << 10
+# batches whose released outputs stay held before a worker drops them: the consumer holds the
+# batch just yielded and, until its loop variable is rebound, the one before it
+HELD = 2
 
 
 @numba.njit(nogil=True, cache=True)
@@ -124,6 +133,7 @@ class Gatherer:
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gather")
         self.free = list(range(slots))
         self.pending = []  # (event, slot, keep): given back once the CUDA event has completed
+        self._held = deque()  # outputs of batches released without an event, dropped by a worker
         self.buffers, self._keep = [], []
         if self.raw:
             s = self.size = split.size
@@ -159,14 +169,14 @@ class Gatherer:
                 self.offsets = typed.List([sh.offsets.astype(np.int64) for sh in split.shards])
             self._keep, self.buffers = [None] * slots, [None] * slots
 
-    def submit(self, idx: np.ndarray, window=None) -> Batch:
-        """Start gathering samples ``idx`` (global indices of the split); returns at once.
-        ``window``: (x, y, flip) arrays, one entry per sample, when the gatherer crops."""
-        shard, row = self.split.locate_many(idx)
+    def submit(self, shard: np.ndarray, row: np.ndarray, window=None) -> Batch:
+        """Start gathering the samples at rows ``row`` of shards ``shard`` (the split's
+        ``locate_many``); returns at once. ``window``: (x, y, flip) arrays, one entry per sample,
+        when the gatherer crops."""
         if self.split.remote:
             self._bind(np.unique(shard).tolist())
         slot = self._take_slot()
-        n = len(idx)
+        n = len(shard)
         if not self.raw:
             width = int(_longest(self.offsets, shard, row))
             if self.buffers[slot] is None or self.buffers[slot].shape[1] < width:
@@ -181,14 +191,17 @@ class Gatherer:
             x, y, flip = window
             kernel, args = _copy_windows, (self.payloads, shard, row, x, y, flip, self.size,
                                            out.reshape(n, self.crop, self.crop * 3))
-        # At least MIN_PART bytes a thread: waking a thread costs more than copying less (GIL
-        # hand-over, ~0.2 ms measured on 2 cores); a small batch is copied here, at once.
-        parts = max(1, min(self.threads, n, out.nbytes // MIN_PART))
-        if parts == 1:
-            kernel(*args, 0, n)
+        # the worker that copies also drops the oldest outputs held (``release``): freed there
+        drop = [self._held.popleft()] if len(self._held) > HELD else []
+        if out.nbytes < INLINE:  # at most ~0.1 ms here, less than handing it to a thread
+            _gather(kernel, args, 0, n, drop)
             return Batch(out, slot, [])
-        cuts = np.linspace(0, n, parts + 1).astype(np.int64)
-        futures = [self.pool.submit(kernel, *args, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+        # On the worker threads, so the training thread's time a batch does not grow with the
+        # batch size; at least MIN_PART bytes a thread beyond the first.
+        parts = max(1, min(self.threads, n, out.nbytes // MIN_PART))
+        futures = [self.pool.submit(_gather, kernel, args, n * k // parts, n * (k + 1) // parts,
+                                    drop if k == 0 else [])
+                   for k in range(parts)]
         return Batch(out, slot, futures)
 
     def _bind(self, shards: list[int]) -> None:
@@ -217,11 +230,18 @@ class Gatherer:
     def release(self, batch: Batch, event=None, keep=None) -> None:
         """DALI is done with ``batch`` once ``event`` (a torch.cuda.Event, or None: now) has
         completed: its slot may be refilled then. ``keep`` (DALI's outputs of the batch) is held
-        until the same moment, so DALI cannot reuse their memory while the consumer reads it."""
+        until the same moment, so DALI cannot reuse their memory while the consumer reads it.
+        Without an event (the CPU graph, whose outputs the consumer's tensors are) ``keep`` is
+        held for HELD more batches, then dropped by a worker thread: by then the consumer has
+        usually dropped the batch, so the worker's drop is the last and frees the memory (an
+        munmap: ~0.13 ms for 10 MB here), not the training thread's."""
         if event is not None:
             self.pending.append((event, batch.slot, keep))
-        elif batch.slot is not None:
-            self.free.append(batch.slot)
+        else:
+            if batch.slot is not None:
+                self.free.append(batch.slot)
+            if keep is not None:
+                self._held.append(keep)
         batch.slot = None
 
     def _take_slot(self) -> int:
@@ -242,6 +262,15 @@ class Gatherer:
             event.synchronize()  # nothing DALI or the consumer may still read is freed under them
         self.pending.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self._held.clear()
+
+
+def _gather(kernel, args, lo: int, hi: int, drop: list) -> None:
+    """A worker's share of a batch: ``kernel`` over samples lo..hi-1, then ``drop`` cleared here."""
+    try:
+        kernel(*args, lo, hi)
+    finally:
+        drop.clear()
 
 
 def _host_buffer(shape, pinned: bool):

@@ -61,12 +61,19 @@ class Sampler:
     def global_indices(self, order: np.ndarray, step: int) -> np.ndarray:
         return order[step * self.global_batch:(step + 1) * self.global_batch]
 
+    def bounds(self, step: int) -> tuple[int, int]:
+        """(a, b): this rank's samples at ``step`` are ``order[a:b]``, in any epoch's order. A full
+        global batch gives each rank ``batch_size``; the last, partial one is split as evenly as
+        possible, the first ranks taking one more (numpy's array_split)."""
+        start = step * self.global_batch
+        q, r = divmod(max(0, min(self.global_batch, self.n - start)), self.dp_size)
+        a = start + self.dp_rank * q + min(self.dp_rank, r)
+        return a, a + q + (self.dp_rank < r)
+
     def indices(self, order: np.ndarray, step: int) -> np.ndarray:
-        """This rank's sample indices at ``step``."""
-        batch = self.global_indices(order, step)
-        if len(batch) == self.global_batch:
-            return batch[self.dp_rank * self.batch_size:(self.dp_rank + 1) * self.batch_size]
-        return np.array_split(batch, self.dp_size)[self.dp_rank]  # the last, partial step
+        """This rank's sample indices at ``step`` (a view of ``order``)."""
+        a, b = self.bounds(step)
+        return order[a:b]
 
 
 def decisions(n: int, seed: int, epoch: int, size: int, crop: int, flip: bool, lighting: float,
