@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from contextlib import closing
@@ -75,7 +76,11 @@ class S3Server:
                f"-s3.config={config}", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
                "-s3.port.lance=0", *[f"{k}={v}" for k, v in ports.items()]]
         self.log = open(self.root / "weed.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        # weed puts its unix sockets in TMPDIR and leaves them there: a short directory of its own
+        # (a socket path has at most 107 bytes), removed by stop()
+        self.sockets = tempfile.mkdtemp(prefix="weed-")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, "TMPDIR": self.sockets})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -97,6 +102,9 @@ class S3Server:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if getattr(self, "sockets", None):
+            shutil.rmtree(self.sockets, ignore_errors=True)
+            self.sockets = None
 
     def __enter__(self):
         return self.start()
