@@ -272,6 +272,39 @@ def test_full_disk_is_one_clear_error_and_rerun_after_freeing_space_completes(tr
             shards_kept=len(kept), samples_lost=0)
 
 
+def test_an_error_in_one_worker_stops_the_others_at_their_next_image(tree, tmp_path, monkeypatch):
+    """workers=2, one image in ~0.1 s, the sixth image of the first worker to get there raises:
+    the job raises that error within a few images' time, the other worker gives up the shard it is
+    writing (no temporary file left: it was not killed half-way), and every shard published is
+    complete."""
+    import pipeline.prepare.worker as worker
+
+    real, calls, token = worker.to_rgb_square, [], tmp_path / "raised"
+
+    def slow_then_bad(*args, **kwargs):  # runs in the forked workers: a count per process
+        calls.append(1)
+        if len(calls) == 6:
+            try:
+                os.close(os.open(token, os.O_CREAT | os.O_EXCL))  # one worker only
+            except FileExistsError:
+                pass
+            else:
+                raise ValueError("injected")
+        time.sleep(0.1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "to_rgb_square", slow_then_bad)
+    out = tmp_path / "out"
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="injected"):
+        convert(tree, out, size=32, shard_size=4, workers=2, progress=False)
+    assert time.monotonic() - start < 5  # 32 images at 0.1 s on 2 workers would take 1.6 s more
+    assert not list(out.rglob("*.tmp")), list(out.rglob("*.tmp"))
+    for split in ("train", "val"):  # a published shard has its statistics beside it: done
+        for shard in (out / split).glob("*.shard"):
+            assert worker.is_done(out, split, int(shard.stem.split("-")[-1])), shard
+
+
 # -- converter: unusable SRC or OUT ----------------------------------------------------------------
 
 def _without_dac_override():

@@ -35,6 +35,8 @@ def convert_shard(task) -> tuple[str, int, int]:
     skipped, truncated = [], []
     try:
         for item in items:
+            if _stop is not None and _stop.is_set():
+                raise Stopped(f"{split} shard {k}: the job is stopping")
             notes = []  # what a truncated input lost (it is still converted)
             # Only the input's own faults are skips: it cannot be read (gone, archive cut short,
             # a pickle or IDX file changed under us) or cannot be decoded. Any other exception is
@@ -65,7 +67,16 @@ def _json_array(obj) -> np.ndarray:
     return np.frombuffer(json.dumps(obj).encode(), np.uint8)
 
 
-def worker_init(parent: int):
+class Stopped(Exception):
+    """A worker's shard given up because the job stops (an error elsewhere, or Ctrl-C)."""
+
+
+_stop = None  # the pool's stop event, in a worker process
+
+
+def worker_init(parent: int, stop=None):
+    global _stop
+    _stop = stop  # set by the parent when the job stops: the worker gives up its shard
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     # A worker that outlived a SIGKILLed parent would go on and publish its shard by path, over
     # the temporary file of the same shard that the restarted job is writing.
