@@ -76,9 +76,11 @@ class S3Server:
                f"-s3.config={config}", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
                "-s3.port.lance=0", *[f"{k}={v}" for k, v in ports.items()]]
         self.log = open(self.root / "weed.log", "ab")
-        # weed puts its unix sockets in TMPDIR and leaves them there: a short directory of its own
-        # (a socket path has at most 107 bytes), removed by stop()
+        # weed leaves its unix sockets (/tmp/seaweedfs-*-PORT.sock) and glog files (TMPDIR) behind:
+        # a short directory of its own for both (a socket path has at most 107 bytes), removed by
+        # stop()
         self.sockets = tempfile.mkdtemp(prefix="weed-")
+        cmd += [f"-filer.localSocket={self.sockets}/filer.sock", f"-s3.localSocket={self.sockets}/s3.sock"]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, "TMPDIR": self.sockets})
         deadline = time.monotonic() + timeout
