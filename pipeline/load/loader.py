@@ -170,9 +170,10 @@ class Loader:
 
     def _arrays(self, epoch: int) -> "_Epoch":
         """What every step of ``epoch`` feeds, put in the epoch's order once, when it is planned
-        (O(N): ~60 ms and ~40 bytes a sample for ImageNet's 1.28M samples, two epochs kept), so
-        that a step only takes slices of these arrays: no per-sample work on the training thread,
-        whatever the batch size."""
+        (O(N), ~40 bytes a sample, two epochs kept; for 1.28M samples measured here: locating
+        them 70 ms, putting the arrays in order ~130 ms, the lighting shifts 440 ms as before),
+        so that a step only takes slices of these arrays: no per-sample work on the training
+        thread, whatever the batch size."""
         order, d = self.plan(epoch)
         if self._epoch_arrays.get(epoch, (None,))[0] is not d:
             self._epoch_arrays = {k: v for k, v in self._epoch_arrays.items() if k in self._plans}
