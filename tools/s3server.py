@@ -14,8 +14,8 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
@@ -45,6 +45,7 @@ class S3Server:
         self.root = Path(root)
         self.port = port or _free_port()
         self.proc = None
+        self.sockets = None  # weed's own directory for its sockets and logs while it runs
 
     @classmethod
     def shared_or_new(cls, root: Path) -> "S3Server":
@@ -104,7 +105,7 @@ class S3Server:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-        if getattr(self, "sockets", None):
+        if self.sockets:
             shutil.rmtree(self.sockets, ignore_errors=True)
             self.sockets = None
 

@@ -205,10 +205,10 @@ class Loader:
         """(sample indices, the named whole-batch arrays fed with them) of one step: slices of the
         epoch's arrays (dense, as DALI takes them), whatever the batch size."""
         a, b = self.sampler.bounds(step)
-        e = self._arrays(epoch)
+        order, e = self.plan(epoch)[0], self._arrays(epoch)
         if self._prefetch is not None:
-            self._prefetch.at(epoch, step, self.plan(epoch)[0])
-        return self.plan(epoch)[0][a:b], {name: v[a:b] for name, v in e.fed.items()}
+            self._prefetch.at(epoch, step, order)
+        return order[a:b], {name: v[a:b] for name, v in e.fed.items()}
 
     def where(self, key) -> tuple[np.ndarray, np.ndarray, tuple | None]:
         """(shard, row, window) of the samples at ``key`` = (epoch, step), slices as ``inputs``:
