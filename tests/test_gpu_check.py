@@ -34,3 +34,24 @@ def test_dry_run_runs_every_cpu_step_and_writes_one_json_and_one_log(tmp_path):
     assert {k for k, v in steps.items() if v["status"] == "skipped"} == {"syncs", "h2d"}
     assert all(steps[k]["result"] for k in ("loader-raw", "model", "train"))
     assert (out / "gpu_check.log").stat().st_size > 0
+
+
+def test_steps_run_in_parts_keep_one_report_and_a_wrong_name_is_one_line(tmp_path):
+    out = tmp_path / "gc"
+
+    def run(*args):
+        return subprocess.run([sys.executable, "tools/gpu_check.py", "--dry_run", "--images=16", f"--out={out}",
+                               *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    bad = run("--steps=data,lodaer-raw")
+    assert bad.returncode != 0 and "lodaer-raw" in bad.stderr and "Traceback" not in bad.stderr
+    first = run("--steps=data")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    assert set(json.loads((out / "gpu_check.json").read_text())["steps"]) == {"data"}
+    second = run("--steps=h2d,syncs")
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    steps = json.loads((out / "gpu_check.json").read_text())["steps"]
+    assert steps["data"]["status"] == "ok"  # the first part's step is still there
+    assert {k for k, v in steps.items() if v["status"] == "skipped"} == {"h2d", "syncs"}
+    assert set(steps) == {"data", "h2d", "syncs"}
+    assert "== data" in (out / "gpu_check.log").read_text()  # the log is appended to, not replaced

@@ -34,14 +34,20 @@ from pipeline.cli import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
+STEPS = ("data", "tests", "syncs", "h2d", "loader-raw", "loader-jpeg", "model", "model-compile", "train")
+
+
 def main(out: str = "bench_out/gpu_check", images: int = 2048, dry_run: bool = False,
-         budget_s: int = 480):
+         budget_s: int = 480, steps: str = "all"):
     """Run the GPU acceptance steps and write OUT/gpu_check.json and OUT/gpu_check.log.
 
     out: folder for the JSON, the log and every step's own output
     images: train images generated for the loader and training steps (val: 1/16 of it)
     dry_run: every step that does not need CUDA, on the CPU at smoke-test size
     budget_s: seconds for the whole run; a step that would start past it is skipped
+    steps: comma-separated steps to run (default all): e.g. data,tests while other work waits for
+        the machine, then the timed steps on a quiet one; the steps run before stay in the JSON
+        (the data step's output is reused when it is there)
     """
     import torch
 
@@ -51,6 +57,10 @@ def main(out: str = "bench_out/gpu_check", images: int = 2048, dry_run: bool = F
         raise UsageError(f"--images must be an integer >= 16, got {images!r}")
     if not isinstance(budget_s, int) or budget_s < 1:
         raise UsageError(f"--budget_s must be a positive integer, got {budget_s!r}")
+    chosen = set(STEPS) if steps == "all" else {x for x in str(steps).split(",") if x}
+    if not chosen or chosen - set(STEPS):
+        raise UsageError(f"--steps: unknown {sorted(chosen - set(STEPS))}; choose from all or "
+                         f"{','.join(STEPS)}")
     cuda = torch.cuda.is_available()
     if not cuda and not dry_run:
         n = _collect_gpu_tests()
@@ -59,10 +69,13 @@ def main(out: str = "bench_out/gpu_check", images: int = 2048, dry_run: bool = F
         return
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "gpu_check.log", "w")
+    log = open(out / "gpu_check.log", "w" if chosen == set(STEPS) else "a")
     t_start = time.perf_counter()
     report = {"device": torch.cuda.get_device_name() if cuda else "cpu (dry run)",
               "dry_run": dry_run, "steps": {}}
+    if chosen != set(STEPS) and (out / "gpu_check.json").exists():  # a part: keep the steps run before
+        before = jsonlib.loads((out / "gpu_check.json").read_text())
+        report["steps"] = {k: v for k, v in before.get("steps", {}).items() if k not in chosen}
     if cuda:
         report["driver_cuda"] = ".".join(map(str, _driver()))
     py = sys.executable
@@ -71,6 +84,8 @@ def main(out: str = "bench_out/gpu_check", images: int = 2048, dry_run: bool = F
     batch = 256 if not dry_run else 16
 
     def step(name, cmd, timeout, needs_cuda=False, result=None):
+        if name not in chosen:
+            return
         left = budget_s - (time.perf_counter() - t_start)
         if needs_cuda and not cuda:
             report["steps"][name] = {"status": "skipped", "why": "needs CUDA"}

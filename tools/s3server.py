@@ -75,7 +75,12 @@ class S3Server:
         ports = {f"-{k}.port": _free_port() for k in ("master", "volume", "filer")}
         cmd = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", f"-s3.port={self.port}",
                f"-s3.config={config}", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
-               "-s3.port.lance=0", *[f"{k}={v}" for k, v in ports.items()]]
+               "-s3.port.lance=0", *[f"{k}={v}" for k, v in ports.items()],
+               # each bucket is a collection with volumes of its own, and by default weed allows only
+               # free disk / 128 MB volumes, counted at start: on a disk with a few GB free the
+               # suite's later buckets got "InternalError" on PutObject. Volumes are sparse files, so
+               # a fixed count costs nothing; a disk that is really full still fails its writes.
+               "-volume.max=1000"]
         self.log = open(self.root / "weed.log", "ab")
         # weed leaves its unix sockets (/tmp/seaweedfs-*-PORT.sock) and glog files (TMPDIR) behind:
         # a short directory of its own for both (a socket path has at most 107 bytes), removed by
