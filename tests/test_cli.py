@@ -473,3 +473,13 @@ def test_ffcv_export_overwrites_only_when_asked(dataset, tmp_path):
     (tmp_path / "x.beton").write_text("old")
     export_beton(dataset, "val", tmp_path / "x.beton", num_workers=1, overwrite=True)
     assert (tmp_path / "x.beton").stat().st_size > 100
+
+
+def test_a_crop_too_small_for_alexnet_is_a_config_error_before_any_work():
+    from trainer.config import ConfigError, make_config
+
+    # by hand: conv1 (11, stride 4, pad 2) then pool (3, 2) must leave >= 7 for pool2 to leave >= 3
+    # for pool5 to leave 1: (c + 4 - 11) // 4 + 1 >= 15, so c >= 63
+    assert make_config(None, data="d", model="alexnet", crop=63).crop == 63
+    with pytest.raises(ConfigError, match="crop 62 px is too small for alexnet"):
+        make_config(None, data="d", model="alexnet", crop=62)

@@ -86,6 +86,11 @@ class Config:
         from .models import SPLITTABLE, names
         if self.model not in names():
             raise ConfigError(f"unknown model {self.model!r}; choose one of {names()}")
+        if self.model in SPLITTABLE and self.crop >= 1:
+            from .models.alexnet import _feature_size
+            if _feature_size(SPLITTABLE[self.model]["convs"], self.crop) < 1:
+                raise ConfigError(f"crop {self.crop} px is too small for {self.model}: its convolutions "
+                                  f"and pools leave no pixel")
         if self.mp == 2 and self.model not in SPLITTABLE:
             raise ConfigError(f"model {self.model!r} cannot be split across ranks: mp=2 is only "
                               f"for {sorted(SPLITTABLE)}")
