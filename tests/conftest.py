@@ -29,6 +29,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+FAILURES_AT_ONCE = "TESTS_FAILURES_AT_ONCE"  # tools/gpu_check.py sets it
+
+
+def pytest_runtest_logreport(report):
+    """With TESTS_FAILURES_AT_ONCE=1, each failure's traceback is written the moment the test fails,
+    not in the summary at the end: a run stopped at its time limit (a lent GPU's minutes) still
+    says why each test before the stop failed."""
+    if report.failed and os.environ.get(FAILURES_AT_ONCE):
+        import sys
+        text = report.longreprtext
+        sys.stdout.write(f"\n=== FAILED {report.nodeid} ({report.when})\n{text[-6000:]}\n=== end\n")
+        sys.stdout.flush()
+
+
 @pytest.fixture(scope="session")
 def tree(tmp_path_factory) -> Path:
     """4 classes x (6 train, 2 val) small JPEGs."""

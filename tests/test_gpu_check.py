@@ -55,3 +55,49 @@ def test_steps_run_in_parts_keep_one_report_and_a_wrong_name_is_one_line(tmp_pat
     assert {k for k, v in steps.items() if v["status"] == "skipped"} == {"h2d", "syncs"}
     assert set(steps) == {"data", "h2d", "syncs"}
     assert "== data" in (out / "gpu_check.log").read_text()  # the log is appended to, not replaced
+
+
+def test_a_failure_is_written_at_once_so_a_run_stopped_at_its_limit_still_says_why(tmp_path):
+    """gpu_check's tests step runs under a time limit; with -q pytest writes tracebacks only at the
+    end, which a stopped run never reaches (what happened on the first lent GPU)."""
+    import os
+    import threading
+
+    (tmp_path / "test_planted.py").write_text(
+        "import time\n"
+        "def test_fails():\n    assert 1 + 1 == 3, 'planted failure'\n"
+        "def test_outlives_the_limit():\n    time.sleep(120)\n")
+    env = dict(os.environ, TESTS_FAILURES_AT_ONCE="1", PYTHONPATH=str(ROOT / "tests"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                             str(tmp_path / "test_planted.py")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen, limit = [], threading.Timer(60, proc.kill)  # the limit: pytest never gets to its summary
+    limit.start()
+    try:
+        for line in proc.stdout:  # stop reading at the hook's end mark: the second test is still asleep
+            seen.append(line)
+            if line.startswith("=== end"):
+                break
+    finally:
+        limit.cancel()
+        proc.kill()
+        proc.wait()
+    text = "".join(seen)
+    assert "=== FAILED" in text and "test_fails" in text and "planted failure" in text, text[-2000:]
+
+
+def test_photos_made_on_several_cores_are_every_image_asked_for_and_the_same_each_time(tmp_path):
+    from PIL import Image
+
+    from tools import synthetic
+
+    kw = dict(n_classes=3, train_per_class=4, val_per_class=2, sizes=((64, 48), (40, 56)), seed=5)
+    a = synthetic.make_imagefolder(tmp_path / "a", workers=2, **kw)
+    b = synthetic.make_imagefolder(tmp_path / "b", workers=3, **kw)
+    for split, n in (("train", 4), ("val", 2)):
+        for k in range(3):
+            files = sorted((a / split / synthetic.wnid(k)).glob("*.JPEG"))
+            assert len(files) == n
+            for f in files:
+                assert Image.open(f).size in ((64, 48), (40, 56))
+                assert f.read_bytes() == (b / f.relative_to(a)).read_bytes()  # not the worker count's doing

@@ -83,7 +83,7 @@ def main(out: str = "bench_out/gpu_check", images: int = 2048, dry_run: bool = F
     crop = 224 if not dry_run else 56
     batch = 256 if not dry_run else 16
 
-    def step(name, cmd, timeout, needs_cuda=False, result=None):
+    def step(name, cmd, timeout, needs_cuda=False, result=None, env=None):
         if name not in chosen:
             return
         left = budget_s - (time.perf_counter() - t_start)
@@ -97,7 +97,7 @@ def main(out: str = "bench_out/gpu_check", images: int = 2048, dry_run: bool = F
         print(f"== {name}: {' '.join(map(str, cmd))}", file=log, flush=True)
         try:
             res = subprocess.run(list(map(str, cmd)), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                 timeout=min(timeout, left), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                 timeout=min(timeout, left), env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
             status = "ok" if res.returncode == 0 else f"failed (exit {res.returncode})"
         except subprocess.TimeoutExpired:
             status = "timed out"
@@ -111,8 +111,10 @@ def main(out: str = "bench_out/gpu_check", images: int = 2048, dry_run: bool = F
     raw, jpeg = out / "raw", out / "jpeg"
     step("data", [py, "-c", _MAKE_DATA, out, images, size], 180)
     if cuda:
-        step("tests", [py, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py",
-                       f"--junitxml={out / 'tests.xml'}"], 300)
+        # each failure's traceback at once, and the slowest tests: a run stopped at its limit still says
+        # why (on the first lent GPU, 13 failures lost to the limit)
+        step("tests", [py, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py", "--durations=15",
+                       f"--junitxml={out / 'tests.xml'}"], 300, env={"TESTS_FAILURES_AT_ONCE": "1"})
     step("syncs", [py, "tools/benchmark.py", "syncs", f"--data={raw}", f"--json={out / 'syncs.json'}"],
          90, needs_cuda=True, result=out / "syncs.json")
     step("h2d", [py, "-c", _H2D, size, batch, out / "h2d.json"], 60, needs_cuda=True, result=out / "h2d.json")
@@ -166,11 +168,11 @@ from tools import synthetic
 from pipeline.prepare.convert import convert
 out, n, size = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 classes = 16
+workers = min(16, len(__import__("os").sched_getaffinity(0)))  # 512 images took 57 s on one core of an H200's host
 src = synthetic.make_imagefolder(out / "src", n_classes=classes, train_per_class=max(1, n // classes),
                                  val_per_class=max(1, n // classes // 16),
                                  sizes=((500, 375), (640, 480), (1024, 768)) if size >= 256 else ((96, 72),),
-                                 seed=0)
-workers = min(16, len(__import__("os").sched_getaffinity(0)))
+                                 seed=0, workers=workers)
 for enc in ("raw", "jpeg"):
     dst = out / enc
     if not (dst / "manifest.json").exists():
