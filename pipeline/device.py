@@ -50,13 +50,18 @@ def dali_cuda() -> tuple[int, int] | None:
 
 
 def driver_cuda() -> tuple[int, int] | None:
-    """The newest CUDA version the NVIDIA driver supports ((13, 0) for R580), None if unknown."""
-    get = getattr(torch._C, "_cuda_getDriverVersion", None)
+    """The newest CUDA version the NVIDIA driver supports ((13, 0) for R580), None if unknown:
+    the driver's own ``cuDriverGetVersion`` (libcuda, no CUDA context made). torch has no public
+    call for it, and the private one read nothing on the lent H200 (torch 2.11)."""
+    import ctypes
     try:
-        v = int(get()) if get else 0
-    except (RuntimeError, TypeError, ValueError):
-        v = 0
-    return (v // 1000, v % 1000 // 10) if v else None
+        lib = ctypes.CDLL("libcuda.so.1")
+        version = ctypes.c_int(0)
+        ok = lib.cuDriverGetVersion(ctypes.byref(version)) == 0  # CUDA_SUCCESS
+    except (OSError, AttributeError):  # no NVIDIA driver here
+        return None
+    v = version.value if ok else 0
+    return (v // 1000, v % 1000 // 10) if v > 0 else None
 
 
 def check_driver(needed=None, have=None) -> None:

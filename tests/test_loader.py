@@ -612,6 +612,31 @@ def test_a_driver_too_old_for_the_dali_wheel_is_one_line_before_any_work():
     assert "\n" not in msg and "nvidia-dali-cuda130" in msg and "CUDA 12.8" in msg and "R580" in msg
 
 
+def test_the_driver_version_is_read_from_the_driver_itself(monkeypatch):
+    """The H200 lent on 2026-12-04 reported no driver version through torch, so the check above
+    never ran on a GPU: the reading is now libcuda's cuDriverGetVersion (a stand-in here)."""
+    import ctypes
+
+    from pipeline import device
+
+    class Driver:  # libcuda.so.1 of an R550 driver (CUDA 12.4): cuDriverGetVersion -> 12040
+        def cuDriverGetVersion(self, out):
+            out._obj.value = 12040
+            return 0
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Driver() if name == "libcuda.so.1" else None)
+    assert device.driver_cuda() == (12, 4)
+    with pytest.raises(device.DeviceError, match="this driver supports CUDA 12.4"):
+        device.check_driver(needed=(13, 0))
+
+    def no_driver(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    assert device.driver_cuda() is None
+    device.check_driver(needed=(13, 0))  # unknown: nothing to say
+
+
 def test_mp_pairs_on_gpus_refuse_an_odd_number_of_processes_per_node(monkeypatch):
     from pipeline.errors import UsageError
     from trainer.parallel import init_distributed
