@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,6 @@ def pytest_runtest_logreport(report):
     not in the summary at the end: a run stopped at its time limit (a lent GPU's minutes) still
     says why each test before the stop failed."""
     if report.failed and os.environ.get(FAILURES_AT_ONCE):
-        import sys
         text = report.longreprtext
         sys.stdout.write(f"\n=== FAILED {report.nodeid} ({report.when})\n{text[-6000:]}\n=== end\n")
         sys.stdout.flush()

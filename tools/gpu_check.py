@@ -69,11 +69,12 @@ def main(out: str = "bench_out/gpu_check", images: int = 2048, dry_run: bool = F
         return
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "gpu_check.log", "w" if chosen == set(STEPS) else "a")
+    whole = chosen == set(STEPS)  # else a part: the log and the JSON keep what earlier parts wrote
+    log = open(out / "gpu_check.log", "w" if whole else "a")
     t_start = time.perf_counter()
     report = {"device": torch.cuda.get_device_name() if cuda else "cpu (dry run)",
               "dry_run": dry_run, "steps": {}}
-    if chosen != set(STEPS) and (out / "gpu_check.json").exists():  # a part: keep the steps run before
+    if not whole and (out / "gpu_check.json").exists():
         before = jsonlib.loads((out / "gpu_check.json").read_text())
         report["steps"] = {k: v for k, v in before.get("steps", {}).items() if k not in chosen}
     if cuda:
