@@ -694,3 +694,39 @@ def test_another_graph_needs_raw_payloads(tree, tmp_path):
     convert(tree, jpeg, size=32, encoding="jpeg", workers=1, progress=False)
     with pytest.raises(LoaderError, match="graph= .* needs a raw dataset"):
         pipeline.build_loader(jpeg, "val", batch_size=3, crop=32, device="cpu", graph=feed_pipeline)
+
+
+def test_the_next_epoch_is_planned_off_the_training_thread(dataset, monkeypatch):
+    """From the middle of an epoch the next one's order, decisions and arrays are made on the
+    planner thread, so the training thread does no O(N) work at the boundary (~0.75 s for
+    ImageNet, BENCHMARKS.md); its batches still match the NumPy reference drawn from
+    (seed, epoch) directly."""
+    import threading
+
+    from pipeline.load import loader as loader_module
+    from pipeline.load.sampler import decisions
+    where = {}
+
+    def spy(n, seed, epoch, *args, **kw):
+        where.setdefault(epoch, threading.current_thread().name)
+        return decisions(n, seed, epoch, *args, **kw)
+
+    monkeypatch.setattr(loader_module, "decisions", spy)
+    ds = pipeline.open_dataset(dataset)
+    n = len(ds["train"])
+    loader = pipeline.build_loader(dataset, "train", batch_size=5, crop=24, device="cpu", seed=7,
+                                   lighting=0.1, mean="pixel", drop_last=False)
+    for epoch in range(3):
+        batches = run_epoch(loader, epoch)
+        order = np.random.default_rng([7, epoch, 0]).permutation(n)
+        d = decisions(n, 7, epoch, ds.size, 24, True, 0.1, random=True)
+        got = torch.cat([x for x, _ in batches])
+        assert len(got) == n
+        for k, i in enumerate(order):
+            ref = reference(ds, "train", i, d.crop_x[i], d.crop_y[i], d.flip[i], d.alpha[i], 24, "pixel")
+            np.testing.assert_allclose(got[k].numpy(), ref, rtol=0, atol=2e-4)
+    assert where[0] == threading.main_thread().name  # the first is needed at once
+    assert where[1].startswith("plan") and where[2].startswith("plan"), where
+    assert where[3].startswith("plan")  # the epoch after the last one run, planned ahead as well
+    loader.close()
+    assert loader._planner is None

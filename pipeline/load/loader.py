@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -116,6 +117,8 @@ class Loader:
         self.last = None  # (epoch, step) of the batch yielded last
         self._plans = {}  # epoch -> (order, Decisions)
         self._epoch_arrays = {}  # epoch -> (its Decisions, the _Epoch arrays made from them)
+        self._ahead = None  # (epoch, Future of (order, Decisions, _Epoch)): the next one, planned aside
+        self._planner = None  # one worker thread for that, made on first use
         self._steps_with_data = None
         self._feed = None  # built on first use, then kept: one pipeline for the loader's life
         self._prefetch = None
@@ -158,27 +161,71 @@ class Loader:
     def plan(self, epoch: int):
         """(order, Decisions) of an epoch, cached for two epochs: the one asked for and the
         highest-numbered one cached before it (so the current epoch's stays while the next one's
-        is drawn, which happens while DALI still works on this epoch's last batches, not at the
-        epoch boundary: O(N), ~50 ms for ImageNet's 1.28M samples)."""
+        is taken, which happens while DALI still works on this epoch's last batches). A training
+        loader plans the next epoch on a worker thread from the middle of this one (``inputs``),
+        so the O(N) work (for ImageNet's 1.28M samples ~0.7 s with the epoch's arrays, below) is
+        not the training thread's at the epoch boundary; an epoch asked for out of turn (a resume,
+        a test) is planned here."""
         if epoch not in self._plans:
-            d = decisions(len(self.data), self.seed, epoch, self.size, self.crop, self.flip,
-                          self.lighting, random=self.train)
+            ahead = self._take_ahead(epoch)
+            if ahead is None:
+                order, d = self.sampler.order(epoch), self._decisions(epoch)
+            else:
+                order, d, arrays = ahead
             self._plans = {k: v for k, v in self._plans.items() if k == max(self._plans)} \
                 if self._plans else {}
-            self._plans[epoch] = (self.sampler.order(epoch), d)
+            self._plans[epoch] = (order, d)
+            if ahead is not None:
+                self._keep_arrays(epoch, d, arrays)
         return self._plans[epoch]
+
+    def _decisions(self, epoch: int):
+        return decisions(len(self.data), self.seed, epoch, self.size, self.crop, self.flip,
+                         self.lighting, random=self.train)
 
     def _arrays(self, epoch: int) -> "_Epoch":
         """What every step of ``epoch`` feeds, put in the epoch's order once, when it is planned
         (O(N), ~40 bytes a sample, two epochs kept; for 1.28M samples measured here: locating
-        them 70 ms, putting the arrays in order ~130 ms, the lighting shifts 440 ms as before),
-        so that a step only takes slices of these arrays: no per-sample work on the training
-        thread, whatever the batch size."""
+        them 70 ms, putting the arrays in order ~130 ms, the lighting shifts 440 ms), so that a
+        step only takes slices of these arrays: no per-sample work on the training thread,
+        whatever the batch size."""
         order, d = self.plan(epoch)
         if self._epoch_arrays.get(epoch, (None,))[0] is not d:
-            self._epoch_arrays = {k: v for k, v in self._epoch_arrays.items() if k in self._plans}
-            self._epoch_arrays[epoch] = (d, self._ordered(order, d))
+            self._keep_arrays(epoch, d, self._ordered(order, d))
         return self._epoch_arrays[epoch][1]
+
+    def _keep_arrays(self, epoch: int, d, arrays: "_Epoch") -> None:
+        self._epoch_arrays = {k: v for k, v in self._epoch_arrays.items() if k in self._plans}
+        self._epoch_arrays[epoch] = (d, arrays)
+
+    def _plan_ahead(self, epoch: int) -> None:
+        """Start planning ``epoch`` (order, decisions, arrays) on the planner thread. Epochs
+        before the one planning it are dropped now: the feed has put all their steps (a restart
+        there plans them again), so at most two epochs' arrays are held."""
+        if epoch in self._plans or (self._ahead is not None and self._ahead[0] == epoch):
+            return
+        if self._planner is None:
+            self._planner = ThreadPoolExecutor(1, thread_name_prefix="plan")
+        self._plans = {k: v for k, v in self._plans.items() if k >= epoch - 1}
+        self._epoch_arrays = {k: v for k, v in self._epoch_arrays.items() if k in self._plans}
+        self._ahead = (epoch, self._planner.submit(self._plan_all, epoch))
+
+    def _plan_all(self, epoch: int):
+        """On the planner thread: pure functions of (seed, epoch) and the dataset, nothing shared
+        is written (numpy releases the GIL for the bulk of it)."""
+        order, d = self.sampler.order(epoch), self._decisions(epoch)
+        return order, d, self._ordered(order, d)
+
+    def _take_ahead(self, epoch: int):
+        """(order, Decisions, _Epoch) of ``epoch`` if the planner made it (waiting if it is still
+        at it), else None; a plan made for another epoch is dropped."""
+        if self._ahead is None:
+            return None
+        planned, future = self._ahead
+        if planned != epoch:
+            return None
+        self._ahead = None
+        return future.result()  # a planner's error is raised here, on the training thread
 
     def _ordered(self, order: np.ndarray, d) -> "_Epoch":
         shard, row = self.data.locate_many(order)
@@ -206,6 +253,8 @@ class Loader:
         epoch's arrays (dense, as DALI takes them), whatever the batch size."""
         a, b = self.sampler.bounds(step)
         order, e = self.plan(epoch)[0], self._arrays(epoch)
+        if self.train and step == self._dali_steps() // 2:
+            self._plan_ahead(epoch + 1)  # done long before the feed runs into it
         if self._prefetch is not None:
             self._prefetch.at(epoch, step, order)
         return order[a:b], {name: v[a:b] for name, v in e.fed.items()}
@@ -270,6 +319,9 @@ class Loader:
         loader is garbage collected and at interpreter exit)."""
         if self._feed is not None:
             self._finalizer()
+        if self._planner is not None:
+            self._planner.shutdown(wait=True, cancel_futures=True)
+            self._planner, self._ahead = None, None
         if self._prefetch is not None:
             self._prefetch.close()  # its shards are no longer protected from eviction
 
