@@ -137,6 +137,22 @@ def test_ratios_hand_computed():
     assert alone[0]["ratio_vs_ffcv"] is None and alone[0]["ratio_vs_torch"] is None
 
 
+def test_extra_ratios_only_at_the_same_batch():
+    """x FFCV channels_last for the DALI rows at the run's batch; none for the rows at a quarter
+    or 4x the batch (Python a batch against the batch size), whose images/s are not comparable."""
+    from tools.bench.loader import _extra_ratios
+
+    rows = [{"system": "dali-cpu", "images_per_s": 300.0}]
+    extras = [{"system": "ffcv-channels-last", "images_per_s": 200.0},
+              {"system": "dali-cpu-channels-last", "images_per_s": 250.0},
+              {"system": "dali-cpu-quarter", "images_per_s": 100.0},
+              {"system": "dali-cpu-x4", "images_per_s": 400.0}]
+    _extra_ratios(extras, rows)
+    assert rows[0]["ratio_vs_ffcv_channels_last"] == 1.5
+    assert extras[1]["ratio_vs_ffcv_channels_last"] == 1.25
+    assert all("ratio_vs_ffcv_channels_last" not in r for r in extras[2:])
+
+
 def test_model_quick(tmp_path):
     """Two small models in one run: one row each, on synthetic CPU tensors."""
     out = tmp_path / "m.json"

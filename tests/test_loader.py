@@ -482,12 +482,13 @@ def test_handoff_graph_reads_the_fed_batch(dataset):
 
 
 def test_whole_batch_inputs_are_dense_named_arrays(dataset):
-    """One (B, ...) array per input, whatever the batch size: what feed_input hands DALI."""
+    """One (B, ...) array per input, whatever the batch size: what feed_input hands DALI. The
+    labels are not among them (a step's labels are a slice of the epoch's, not DALI's output)."""
     loader = pipeline.build_loader(dataset, "train", batch_size=5, crop=24, device="cpu")
     idx, arrays = loader.inputs(0, 1)
-    assert sorted(arrays) == ["crop_x", "crop_y", "flip", "labels", "shift"]
+    assert sorted(arrays) == ["crop_x", "crop_y", "flip", "shift"]
     shapes = {k: (v.shape, v.dtype, v.flags.c_contiguous) for k, v in arrays.items()}
-    assert shapes == {"labels": ((5,), np.int32, True), "crop_x": ((5,), np.float32, True),
+    assert shapes == {"crop_x": ((5,), np.float32, True),
                       "crop_y": ((5,), np.float32, True), "flip": ((5,), np.int32, True),
                       "shift": ((5, 3), np.float32, True)}
     # crop_mirror_normalize's crop_pos is a fraction of the room (32 - 24 = 8 px): 0..1
@@ -730,3 +731,26 @@ def test_the_next_epoch_is_planned_off_the_training_thread(dataset, monkeypatch)
     assert where[3].startswith("plan")  # the epoch after the last one run, planned ahead as well
     loader.close()
     assert loader._planner is None
+
+
+@pytest.mark.parametrize("batch_size", [3, 14])  # many steps an epoch; two (epochs overlap ahead)
+def test_labels_are_the_epochs_order_and_the_consumers_own(dataset, batch_size):
+    """A step's labels come from the epoch's order, not through DALI: every epoch in a row (the
+    feed running ahead across boundaries, the next epoch planned aside), int64, and tensors the
+    consumer may overwrite without changing what a rerun of the epoch yields."""
+    ds = pipeline.open_dataset(dataset)
+    truth = np.array([ds["train"][i][1] for i in range(len(ds["train"]))])
+    loader = pipeline.build_loader(dataset, "train", batch_size=batch_size, crop=24, device="cpu",
+                                   seed=4)
+    steps = len(truth) // batch_size
+    for epoch in range(4):
+        order = np.random.default_rng([4, epoch, 0]).permutation(len(truth))[:steps * batch_size]
+        loader.set_epoch(epoch)
+        got = [y for _, y in loader]  # the loader's own tensors, not clones
+        assert len(got) == steps and all(y.dtype == torch.int64 for y in got)
+        assert torch.cat(got).tolist() == truth[order].tolist()
+        for y in got:
+            y.fill_(-1)
+    loader.set_epoch(3)  # the last epoch again: its arrays are still held
+    again = torch.cat([y for _, y in loader])
+    assert again.tolist() == truth[order].tolist()

@@ -42,6 +42,11 @@ store: the loader on s3:// (a local SeaweedFS, or --endpoint) cold, warm and loc
     cache in block vs global order (tools/bench/store.py). shuffle: distinct labels per batch in
     each sample order, simulated for ImageNet with the sampler alone.
 
+    python tools/benchmark.py boundary --data=RAW_DATASET [--batch_size=256]
+
+boundary: the training thread's time at an epoch boundary for ImageNet's 1.28M samples, the next
+    epoch's planning inline vs on the loader's planner thread (tools/bench/boundary.py).
+
     python tools/benchmark.py table JSON
 
 table: print again the Markdown tables of a run from its JSON (the tables in BENCHMARKS.md).
@@ -63,6 +68,7 @@ from pipeline.prepare.sources import detect, read_bytes
 from tools import synthetic
 from tools.bench import harness as bench
 from tools.bench import loader as loader_bench
+from tools.bench.boundary import boundary
 from tools.bench.learn import learn
 from tools.bench.loader import loader
 from tools.bench.store import shuffle, store
@@ -331,6 +337,6 @@ if __name__ == "__main__":
     from tools.bench.model import train_options
 
     run_cli({"prepare": prepare, "loader": loader, "model": model, "train": train, "learn": learn,
-             "store": store, "shuffle": shuffle,
+             "store": store, "shuffle": shuffle, "boundary": boundary,
              "syncs": syncs, "table": table},
             extra={"train": train_options()})

@@ -6,16 +6,16 @@ per batch, never a per-sample tuple):
     images    uint8 (B, S, S, 3) raw (read in place: no_copy); where the gatherer cut the
               windows (K, B / K, crop, crop, 3), K sequences (precropped_pipeline); JPEG: (B, W),
               each sample's file then zeros (gather.py)
-    labels    int32 (B,); (K, B / K) beside sequences
+    labels    int32 (B,): only for another graph (Loader's graph=); the augmentation graphs
+              output images alone, the loader slices each step's labels from the epoch's
     crop_x/y  float32 (B,): crop positions as fractions of (S - crop), crop_mirror_normalize's unit
     flip      int32 (B,)
     shift     float32 (B, 3): per-channel mean minus the PCA lighting shift, pixel units (with
               lighting; without, the mean is a constant)
 
 ``device`` is "cpu" or "gpu": the same graph either way, the inputs moved to the GPU first.
-Outputs: images (B, 3, crop, crop) float (CHW layout; HWC for channels_last; ten-crop
-(B, 10, ...) of either) and labels int32,
-both on ``device``. One pipeline serves a loader for its whole life. ``images_input`` and
+Output: images (B, 3, crop, crop) float (CHW layout; HWC for channels_last; ten-crop
+(B, 10, ...) of either) on ``device``. One pipeline serves a loader for its whole life. ``images_input`` and
 ``labels_input`` are the feed's contract, also for another graph (Loader's ``graph=``).
 """
 from __future__ import annotations
@@ -71,37 +71,32 @@ def train_pipeline(*, device, encoding, crop, mean, std, mean_image, out_type, l
     crop_x = fn.external_source(name="crop_x", dtype=types.FLOAT)
     crop_y = fn.external_source(name="crop_y", dtype=types.FLOAT)
     flip = fn.external_source(name="flip", dtype=types.INT32)
-    out = _one_window(device, encoding, crop, crop_x, crop_y, flip, mean, std, mean_image, out_type,
-                      layout)
-    return out, labels_input(device)
+    return _one_window(device, encoding, crop, crop_x, crop_y, flip, mean, std, mean_image, out_type,
+                       layout)
 
 
 @pipeline_def
 def val_pipeline(*, device, encoding, crop, window, mean, std, mean_image, out_type, layout):
     """``window``: the fixed (crop_x, crop_y) fractions of the centre crop; ``mean`` a constant."""
-    out = _one_window(device, encoding, crop, window[0], window[1], 0, mean, std, mean_image,
-                      out_type, layout)
-    return out, labels_input(device)
+    return _one_window(device, encoding, crop, window[0], window[1], 0, mean, std, mean_image,
+                       out_type, layout)
 
 
 @pipeline_def
 def precropped_pipeline(*, device, mean, std, out_type, layout):
     """Train or val where the gatherer cut the windows (loader.precrop): the batch arrives as a
-    few sequences of windows, ``(K, B / K, crop, crop, 3)`` FHWC, labels ``(K, B / K)``, and only
+    few sequences of windows, ``(K, B / K, crop, crop, 3)`` FHWC, and only
     the normalisation with constant ``mean``/``std`` is left, one operator call per sequence
     instead of per sample (measured on 2 threads, batch 256: 391 against 883 us at 28 px, 16.2
     against 20.0 ms at 224 px, K = 2). Outputs ``(K, B / K, ...)``: the loader flattens them."""
-    out = augment.normalize(images_input(device, "raw", layout="FHWC"), mean, std, out_type,
-                            "F" + layout)
-    return out, labels_input(device)
+    return augment.normalize(images_input(device, "raw", layout="FHWC"), mean, std, out_type,
+                             "F" + layout)
 
 
 @pipeline_def
 def ten_crop_pipeline(*, device, encoding, crop, windows, mean, std, mean_image, out_type, layout):
-    images, labels = images_input(device, encoding), labels_input(device)
-    out = augment.ten_crop(images, crop, windows, mean, std, _mean_image(mean_image, device),
-                           out_type, layout)
-    return out, labels
+    return augment.ten_crop(images_input(device, encoding), crop, windows, mean, std,
+                            _mean_image(mean_image, device), out_type, layout)
 
 
 def build(loader):

@@ -22,9 +22,10 @@ order into ``cache_dir`` (at most ``cache_limit`` bytes; pipeline/store.py, pref
 One DALI pipeline (pipeline/load/graphs.py) serves the loader for its whole life; an epoch only
 changes what is fed. Each batch's samples are gathered by worker threads from the memory-mapped
 shards into a ring of reusable (pinned on CUDA) buffers that DALI reads in place
-(pipeline/load/gather.py, feed.py), with labels, crop positions, flips and lighting shifts as
-whole-batch arrays: where each sample is and what is fed with it are put in the epoch's order
-once an epoch, so a step hands over slices, whatever the batch size; only the
+(pipeline/load/gather.py, feed.py), with crop positions, flips and lighting shifts as
+whole-batch arrays: where each sample is, what is fed with it and its label are put in the
+epoch's order once an epoch (the next epoch on a worker thread), so a step hands over slices,
+whatever the batch size; labels do not pass through DALI (a step's are a slice); only the
 pages a batch touches are read, the split never sits in RAM. Where nothing but the crop window
 and flip differs between samples (``precrop``), the gatherer copies just the windows, mirrored,
 and the graph only normalises them; JPEG payloads decode only their window. The graph runs on
@@ -200,13 +201,14 @@ class Loader:
 
     def _plan_ahead(self, epoch: int) -> None:
         """Start planning ``epoch`` (order, decisions, arrays) on the planner thread. Epochs
-        before the one planning it are dropped now: the feed has put all their steps (a restart
-        there plans them again), so at most two epochs' arrays are held."""
+        before the one planning it and before the consumer's are dropped now: the feed has put
+        all their steps and their labels were yielded (a restart there plans them again), so at
+        most two epochs' arrays are held."""
         if epoch in self._plans or (self._ahead is not None and self._ahead[0] == epoch):
             return
         if self._planner is None:
             self._planner = ThreadPoolExecutor(1, thread_name_prefix="plan")
-        self._plans = {k: v for k, v in self._plans.items() if k >= epoch - 1}
+        self._plans = {k: v for k, v in self._plans.items() if k >= min(epoch - 1, self.epoch)}
         self._epoch_arrays = {k: v for k, v in self._epoch_arrays.items() if k in self._plans}
         self._ahead = (epoch, self._planner.submit(self._plan_all, epoch))
 
@@ -229,7 +231,12 @@ class Loader:
 
     def _ordered(self, order: np.ndarray, d) -> "_Epoch":
         shard, row = self.data.locate_many(order)
-        fed = {"labels": self.data.labels[order].astype(np.int32)}
+        labels = torch.from_numpy(self.data.labels[order].astype(np.int64))
+        if self.device.type == "cuda":  # a step's slice crosses with an asynchronous copy
+            labels = labels.pin_memory()
+        # labels pass through DALI only for another graph (graph=); the augmentation graphs
+        # output images alone, and a step's labels are a slice of ``labels`` (_labels)
+        fed = {} if self.augment else {"labels": self.data.labels[order].astype(np.int32)}
         window = None
         if self.precrop:  # the gatherer cuts each window; the graph takes no per-sample input
             window = (d.crop_x[order].astype(np.int32), d.crop_y[order].astype(np.int32), d.flip[order])
@@ -243,7 +250,7 @@ class Loader:
                                    self.lighting_form)
             # crop_mirror_normalize subtracts its mean: base mean minus the shift adds the shift
             fed["shift"] = (self._base_mean() - light).astype(np.float32)
-        return _Epoch(shard.astype(np.int32), row.astype(np.int32), window, fed)
+        return _Epoch(shard.astype(np.int32), row.astype(np.int32), window, fed, labels)
 
     def indices(self, epoch: int, step: int) -> np.ndarray:
         return self.sampler.indices(self.plan(epoch)[0], step)
@@ -282,7 +289,7 @@ class Loader:
                     key, outputs = feed.get(self._stream())
                     if key != (epoch, step):
                         raise RuntimeError(f"loader: DALI returned batch {key}, expected {(epoch, step)}")
-                    images, labels, event = self._to_torch(outputs)
+                    images, labels, event = self._to_torch(outputs, key)
                     feed.done(event, outputs)  # the batch's buffer is free once DALI has read it
                     # Gathered and run while this batch is used; at the epoch's end this goes on
                     # with the next epoch's first batches, so its start waits for none.
@@ -385,22 +392,26 @@ class Loader:
         None on the CPU (outputs complete when they are returned)."""
         return torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
 
-    def _to_torch(self, outputs):
+    def _to_torch(self, outputs, key):
         """(images, labels, event): DALI's outputs as torch tensors. On the CPU they are DALI's
         own memory (DLPack, no copy; each output has its own memory under the dynamic executor,
         kept alive by the tensor), and event is None. On CUDA, torch's stream waits for DALI's
         outputs (an event, not a host sync), then one kernel copies the images into torch's own
         memory, cast to the run's dtype on the way (bf16 and fp16 pay nothing extra); ``event``
-        marks when that copy and the labels' int64 cast have read DALI's memory: until then the
-        loader keeps DALI's outputs (and the input ring slot) alive, so DALI can reuse neither
-        while torch's queued kernels still read them."""
-        images, labels = (o.as_tensor() for o in outputs)
+        marks when that copy (and, with graph=, the labels' int64 cast) has read DALI's memory:
+        until then the loader keeps DALI's outputs (and the input ring slot) alive, so DALI can
+        reuse neither while torch's queued kernels still read them. The labels of the
+        augmentation graphs are the step's slice of the epoch's (``_labels``), not DALI's."""
         cuda = self.device.type == "cuda"
         with torch.cuda.device(self.device) if cuda else nullcontext():
-            out, labels = torch.from_dlpack(images), torch.from_dlpack(labels)
+            out = torch.from_dlpack(outputs[0].as_tensor())
+            labels = torch.from_dlpack(outputs[1].as_tensor()) if not self.augment else None
         if self.precrop:  # (K, B / K, ...) sequences of windows: one batch, no copy
-            out, labels = out.flatten(0, 1), labels.flatten()
-        labels = labels.to(torch.int64)  # on the device: a cast kernel, no host sync
+            out = out.flatten(0, 1)
+        if labels is None:
+            labels = self._labels(key)
+        else:
+            labels = labels.to(torch.int64)  # on the device: a cast kernel, no host sync
         if self.augment and self.channels_last:
             # NHWC memory viewed as NCHW: channels_last for free (ten-crop: (N, 10, H, W, C) as
             # (N, 10, C, H, W), whose flatten(0, 1) is a channels_last batch, also for free)
@@ -412,6 +423,16 @@ class Loader:
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(self.device))
         return out, labels, event
+
+    def _labels(self, key) -> torch.Tensor:
+        """The int64 labels of step ``key`` = (epoch, step), the consumer's own: on the CPU a copy
+        of the epoch's slice, on CUDA an asynchronous copy from its page-locked memory (torch's
+        host allocator keeps that memory until the copy has run)."""
+        a, b = self.sampler.bounds(key[1])
+        labels = self._arrays(key[0]).labels[a:b]
+        if self.device.type == "cuda":
+            return labels.to(self.device, non_blocking=True)
+        return labels.clone()
 
     def _finish(self, out, labels):
         if self.augment and out.dtype != self.dtype:
@@ -434,7 +455,8 @@ class _Epoch:
     shard: np.ndarray       # int32: which shard holds each sample
     row: np.ndarray         # int32: its row in that shard
     window: tuple | None    # (x int32, y int32, flip bool) where the gatherer crops, else None
-    fed: dict               # name -> the array fed to DALI under that name (labels int32, ...)
+    fed: dict               # name -> the array fed to DALI under that name (crop_x, ...)
+    labels: torch.Tensor    # int64 (page-locked on CUDA): a step's labels are its slice
 
 
 def _block_shards(split, data_order: str, block_shards, path, name) -> int:

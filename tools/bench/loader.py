@@ -29,6 +29,8 @@ Further figures, in a second table ("extras"), same run, same data:
                        the stored uint8 (B, S, S, 3) batch, read in place as training reads it; the
                        graph outputs only the samples' shapes (tools/bench/graphs.py handoff_pipeline); also at a
                        quarter of the batch, to show Python cost per batch not growing
+    dali-cpu-quarter, dali-cpu-x4  dali-cpu at a quarter and at 4 times the batch: the training
+                       thread's time a batch (py us/batch, median and mean) against the batch size
     dali-feed+copy-out the same with the uint8 batch as the graph's output (feed_pipeline): DALI
                        copies it out of the ring, a copy training does not make
     numpy-copy         a plain numpy copy of the same bytes: a random batch's records copied one
@@ -85,11 +87,14 @@ LOADER_COLUMNS = [("system", "system", "s"), ("batch", "batch_size", "d"), ("cro
                   ("others busy", "other_cores_busy", ".2f"), ("redone", "discarded_runs", "d"),
                   ("x FFCV", "ratio_vs_ffcv", ".2f"),
                   ("x torch", "ratio_vs_torch", ".2f"), ("GB/s", "gb_per_s", ".2f"),
-                  ("py us/batch", "python_us_per_batch", ".0f"), ("py us/sample", "python_us_per_sample", ".2f"),
+                  ("py us/batch", "python_us_per_batch", ".0f"), ("py us/batch mean", "python_us_per_batch_mean", ".0f"),
+                  ("py us/sample", "python_us_per_sample", ".2f"),
                   ("epoch start / batch", "epoch_start_over_median", ".2f"),
                   ("anon MB first, last epoch", "rss_anon_mb", "s"), ("note", "note", "s")]
 SYSTEMS = ("dali-gpu", "dali-cpu", "dali-cpu+lighting", "ffcv", "torch-dataloader")  # table order
-EXTRAS = ("ffcv-channels-last", "dali-cpu-channels-last", "dali-feed", "dali-feed-quarter", "dali-feed+copy-out", "numpy-copy")
+EXTRAS = ("ffcv-channels-last", "dali-cpu-channels-last", "dali-cpu-quarter", "dali-cpu-x4", "dali-feed",
+          "dali-feed-quarter", "dali-feed+copy-out", "numpy-copy")
+OTHER_BATCH = {"dali-cpu-quarter": 0.25, "dali-cpu-x4": 4, "dali-feed-quarter": 0.25}  # x the batch
 ROOT = Path(__file__).resolve().parents[2]
 QUICK_SIZES = ((96, 72), (72, 96), (120, 90))  # tiny JPEGs for --quick
 
@@ -251,8 +256,12 @@ class Tracker:
         steady = [dt for first, dt, _ in self.batches if not first]
         starts = [dt for first, dt, _ in self.batches[1:] if first]  # the very first is start-up
         python_s = med(cpu for _, _, cpu in self.batches)
+        mean_s = statistics.fmean(cpu for _, _, cpu in self.batches[1:]) if len(self.batches) > 1 else None
         rss = [self.rss[0], self.rss[-1]] if self.rss else []
-        return {"python_us_per_batch": python_s * 1e6, "python_us_per_sample": python_s * 1e6 / batch_size,
+        # the mean also counts what happens once an epoch (its planning, its first batches)
+        return {"python_us_per_batch": python_s * 1e6,
+                "python_us_per_batch_mean": mean_s * 1e6 if mean_s is not None else None,
+                "python_us_per_sample": python_s * 1e6 / batch_size,
                 "epoch_start_over_median": med(starts) / med(steady) if starts and steady else None,
                 "epochs": self.epoch, "rss_mb_by_epoch": self.rss,
                 "rss_anon_mb": f"{rss[0]['anon']:.0f}, {rss[1]['anon']:.0f}" if rss else None,
@@ -466,7 +475,8 @@ def _extra_ratios(extras: list[dict], rows: list[dict]) -> None:
     by = {r["system"]: r for r in rows + extras}
     native, copy = by.get("ffcv-channels-last"), by.get("numpy-copy")
     for r in rows + extras:
-        if r["system"].startswith("dali") and not r["system"].startswith("dali-feed") and native:
+        if (r["system"].startswith("dali") and not r["system"].startswith("dali-feed") and native
+                and r["system"] not in OTHER_BATCH):
             r["ratio_vs_ffcv_channels_last"] = r["images_per_s"] / native["images_per_s"]
     for r in extras:
         if r["system"].startswith("dali-feed") and copy:
@@ -483,9 +493,8 @@ def _measure(spec: dict) -> dict:
     ds = open_dataset(data)
     tracker = Tracker()
     feed = system.startswith("dali-feed") or system == "numpy-copy"
-    if system == "dali-feed-quarter":
-        b = max(1, b // 4)
-    if system in ("dali-gpu", "dali-cpu"):
+    b = max(1, int(b * OTHER_BATCH.get(system, 1)))
+    if system in ("dali-gpu", "dali-cpu", "dali-cpu-quarter", "dali-cpu-x4"):
         next_batch = _dali(data, b, crop, workers, "cuda" if system == "dali-gpu" else "cpu", "channel",
                            0.0, tracker)
     elif system == "dali-cpu-channels-last":
@@ -657,6 +666,9 @@ def loader(data: str | None = None, source: str | None = None, json: str = "benc
             if beton is not None:
                 notes["ffcv-channels-last"] = "FFCV's native output: NCHW view of NHWC memory, no copy"
             notes["dali-cpu-channels-last"] = "dali-cpu, channels_last=True: FFCV's native layout"
+            notes["dali-cpu-quarter"] = f"dali-cpu at batch {max(1, batch_size // 4)}: Python a batch vs the batch size"
+            if n_train >= 8 * batch_size:  # two steps an epoch at least
+                notes["dali-cpu-x4"] = f"dali-cpu at batch {batch_size * 4}: Python a batch vs the batch size"
             if ds.encoding == "raw":
                 notes["dali-feed"] = ("gather into the reused buffers + DALI hand-off, uint8, read in "
                                       "place, no augmentation (outputs the shapes)")
