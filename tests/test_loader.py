@@ -754,3 +754,25 @@ def test_labels_are_the_epochs_order_and_the_consumers_own(dataset, batch_size):
     loader.set_epoch(3)  # the last epoch again: its arrays are still held
     again = torch.cat([y for _, y in loader])
     assert again.tolist() == truth[order].tolist()
+
+
+def test_a_resume_past_the_middle_still_plans_the_next_epoch_aside(dataset, monkeypatch):
+    import threading
+
+    from pipeline.load import loader as loader_module
+    from pipeline.load.sampler import decisions
+    where = {}
+
+    def spy(n, seed, epoch, *args, **kw):
+        where.setdefault(epoch, threading.current_thread().name)
+        return decisions(n, seed, epoch, *args, **kw)
+
+    monkeypatch.setattr(loader_module, "decisions", spy)
+    loader = pipeline.build_loader(dataset, "train", batch_size=3, crop=24, device="cpu", seed=2)
+    steps = len(loader)
+    assert steps >= 4
+    loader.load_state_dict(dict(loader.state_dict(), step=steps - 1))  # the last step of epoch 0
+    assert len(list(loader)) == 1
+    assert len(run_epoch(loader, 1)) == steps
+    assert where[1].startswith("plan"), where
+    loader.close()
