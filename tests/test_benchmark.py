@@ -216,3 +216,20 @@ def test_learn_quick_resumes_and_reports(dataset, tmp_path):
         assert row["first_below"] == (below[0] if below else None)
         assert 0 <= row["val_top1"] <= 1 and row["val_top1"] == row["val_top1_at"]["4"]
     assert (out / "learn.png").stat().st_size > 1000
+
+
+def test_boundary_runs_both_ways_and_refuses_bad_arguments(dataset, tmp_path):
+    """`benchmark.py boundary`: the four ways measured (inline and ahead, with and without
+    lighting), one line each; a bad argument is one error line before any work."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "boundary",
+                           f"--data={dataset}", "--repeats=1"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if "first step of epoch 1" in line]
+    assert [line.split()[0] for line in lines] == ["inline", "inline", "ahead", "ahead"], proc.stdout
+    assert all("longest GIL wait" in line for line in lines[2:])
+    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "boundary",
+                          f"--data={dataset}", "--repeats=0"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert bad.returncode != 0 and "--repeats must be a positive integer" in bad.stderr
+    assert "Traceback" not in bad.stderr
