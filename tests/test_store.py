@@ -145,8 +145,11 @@ def test_jpeg_shards_from_a_bucket_under_a_cache_limit_give_the_local_batches(en
     got = _batches(loader, (0, 1))
     assert len(got) == len(local) == 100
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, local))
-    # evicted, fetched again in epoch 1 (but the shards of epoch 0's tail, kept)
-    assert 40 < loader.cache_stats()["shards_fetched"] < 80
+    # evicted and fetched again in epoch 1, each shard at most once an epoch. Whether any shard
+    # of epoch 0 is still cached when epoch 1 needs it depends on the fetch threads' timing (the
+    # cache evicts by access time): all 40 were fetched again in 1 of 5 runs, also before issue
+    # 26's changes, so "fewer than 80" is not a claim this test can make.
+    assert 40 < loader.cache_stats()["shards_fetched"] <= 80
 
 
 def test_training_from_a_bucket_gives_the_local_losses(env, dataset, tmp_path):
