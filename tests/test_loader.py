@@ -733,7 +733,7 @@ def test_the_next_epoch_is_planned_off_the_training_thread(dataset, monkeypatch)
     assert loader._planner is None
 
 
-@pytest.mark.parametrize("batch_size", [3, 14])  # many steps an epoch; two (epochs overlap ahead)
+@pytest.mark.parametrize("batch_size", [3, 14])  # 8 steps an epoch; 1 (epochs overlap in the run-ahead)
 def test_labels_are_the_epochs_order_and_the_consumers_own(dataset, batch_size):
     """A step's labels come from the epoch's order, not through DALI: every epoch in a row (the
     feed running ahead across boundaries, the next epoch planned aside), int64, and tensors the
