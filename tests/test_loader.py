@@ -697,11 +697,8 @@ def test_another_graph_needs_raw_payloads(tree, tmp_path):
         pipeline.build_loader(jpeg, "val", batch_size=3, crop=32, device="cpu", graph=feed_pipeline)
 
 
-def test_the_next_epoch_is_planned_off_the_training_thread(dataset, monkeypatch):
-    """From the middle of an epoch the next one's order, decisions and arrays are made on the
-    planner thread, so the training thread does no O(N) work at the boundary (~0.75 s for
-    ImageNet, BENCHMARKS.md); its batches still match the NumPy reference drawn from
-    (seed, epoch) directly."""
+def _planning_threads(monkeypatch) -> dict:
+    """{epoch: the name of the thread that drew its decisions}, filled as the loader plans."""
     import threading
 
     from pipeline.load import loader as loader_module
@@ -713,6 +710,18 @@ def test_the_next_epoch_is_planned_off_the_training_thread(dataset, monkeypatch)
         return decisions(n, seed, epoch, *args, **kw)
 
     monkeypatch.setattr(loader_module, "decisions", spy)
+    return where
+
+
+def test_the_next_epoch_is_planned_off_the_training_thread(dataset, monkeypatch):
+    """From the middle of an epoch the next one's order, decisions and arrays are made on the
+    planner thread, so the training thread does no O(N) work at the boundary (0.2-1 s for
+    ImageNet, BENCHMARKS.md); its batches still match the NumPy reference drawn from
+    (seed, epoch) directly."""
+    import threading
+
+    from pipeline.load.sampler import decisions
+    where = _planning_threads(monkeypatch)
     ds = pipeline.open_dataset(dataset)
     n = len(ds["train"])
     loader = pipeline.build_loader(dataset, "train", batch_size=5, crop=24, device="cpu", seed=7,
@@ -757,17 +766,7 @@ def test_labels_are_the_epochs_order_and_the_consumers_own(dataset, batch_size):
 
 
 def test_a_resume_past_the_middle_still_plans_the_next_epoch_aside(dataset, monkeypatch):
-    import threading
-
-    from pipeline.load import loader as loader_module
-    from pipeline.load.sampler import decisions
-    where = {}
-
-    def spy(n, seed, epoch, *args, **kw):
-        where.setdefault(epoch, threading.current_thread().name)
-        return decisions(n, seed, epoch, *args, **kw)
-
-    monkeypatch.setattr(loader_module, "decisions", spy)
+    where = _planning_threads(monkeypatch)
     loader = pipeline.build_loader(dataset, "train", batch_size=3, crop=24, device="cpu", seed=2)
     steps = len(loader)
     assert steps >= 4

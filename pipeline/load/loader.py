@@ -231,12 +231,13 @@ class Loader:
 
     def _ordered(self, order: np.ndarray, d) -> "_Epoch":
         shard, row = self.data.locate_many(order)
-        labels = torch.from_numpy(self.data.labels[order].astype(np.int64))
+        ordered = self.data.labels[order]
+        labels = torch.from_numpy(ordered.astype(np.int64))
         if self.device.type == "cuda":  # a step's slice crosses with an asynchronous copy
             labels = labels.pin_memory()
         # labels pass through DALI only for another graph (graph=); the augmentation graphs
         # output images alone, and a step's labels are a slice of ``labels`` (_labels)
-        fed = {} if self.augment else {"labels": self.data.labels[order].astype(np.int32)}
+        fed = {} if self.augment else {"labels": ordered.astype(np.int32)}
         window = None
         if self.precrop:  # the gatherer cuts each window; the graph takes no per-sample input
             window = (d.crop_x[order].astype(np.int32), d.crop_y[order].astype(np.int32), d.flip[order])
@@ -405,13 +406,11 @@ class Loader:
         cuda = self.device.type == "cuda"
         with torch.cuda.device(self.device) if cuda else nullcontext():
             out = torch.from_dlpack(outputs[0].as_tensor())
-            labels = torch.from_dlpack(outputs[1].as_tensor()) if not self.augment else None
+            # graph=: DALI's labels, cast on the device (a kernel, no host sync)
+            labels = self._labels(key) if self.augment else \
+                torch.from_dlpack(outputs[1].as_tensor()).to(torch.int64)
         if self.precrop:  # (K, B / K, ...) sequences of windows: one batch, no copy
             out = out.flatten(0, 1)
-        if labels is None:
-            labels = self._labels(key)
-        else:
-            labels = labels.to(torch.int64)  # on the device: a cast kernel, no host sync
         if self.augment and self.channels_last:
             # NHWC memory viewed as NCHW: channels_last for free (ten-crop: (N, 10, H, W, C) as
             # (N, 10, C, H, W), whose flatten(0, 1) is a channels_last batch, also for free)
